@@ -1,0 +1,62 @@
+# llmcloud: provision → inventory → configure → verify.  `make help` lists the targets.
+PYTHON    ?= python3
+VENV      := .venv
+BIN       := $(VENV)/bin
+STACK     ?= local
+TOPOLOGY  ?= single
+INVENTORY ?= inventory/$(STACK)
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.DEFAULT_GOAL := help
+.PHONY: help venv local up converge verify status down lint unit integration test bench
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+venv: $(VENV)/.installed ## create .venv from the pinned set (requirements.txt)
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "llmcloud needs Python 3.11 (ansible-core 2.19): set PYTHON=python3.11")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip==26.3
+	$(BIN)/pip install --quiet --requirement requirements.txt
+	$(BIN)/pip install --quiet --no-deps --editable .
+	@touch $@
+
+local: venv ## the whole stack on local target hosts: up, converge, verify, summary
+	$(BIN)/llmcloud local up --stack $(STACK) --topology $(TOPOLOGY)
+
+up: venv ## start local target hosts and write the inventory only
+	$(BIN)/llmcloud local up --stack $(STACK) --topology $(TOPOLOGY) --hosts-only
+
+converge: venv ## re-run site.yml on $(INVENTORY)
+	$(BIN)/llmcloud converge -i $(INVENTORY)
+
+verify: venv ## run the testinfra checks (tests/infra) against $(INVENTORY)
+	$(BIN)/llmcloud verify -i $(INVENTORY)
+
+status: venv ## show the local hosts
+	$(BIN)/llmcloud local status --stack $(STACK)
+
+down: venv ## remove the local hosts, their network, volumes and inventory (keeps the base image)
+	$(BIN)/llmcloud local down --stack $(STACK)
+
+lint: venv ## ruff, yamllint, ansible-lint (production profile)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/yamllint --strict .
+	$(BIN)/ansible-lint --profile production --offline
+
+unit: venv ## fast tests, no Docker needed
+	$(BIN)/pytest tests/unit
+
+integration: venv ## both topologies on fresh local hosts, idempotence, testinfra; always torn down
+	$(BIN)/pytest -m integration tests/integration
+
+test: venv ## lint, unit and integration: the command CI runs
+	$(MAKE) lint
+	$(MAKE) unit
+	$(MAKE) integration
+
+bench: venv ## print timings: cold/warm make local, no-op converge, make test
+	$(BIN)/python bench/timings.py

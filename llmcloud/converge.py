@@ -1,0 +1,107 @@
+"""Run site.yml through ansible-runner, showing each task as it starts and each failure as it happens."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from llmcloud import REPO_ROOT, inventory
+from llmcloud.errors import UserError
+from llmcloud.progress import Progress
+
+
+@dataclass
+class ConvergeResult:
+    status: str
+    rc: int
+    #: {host: count} per outcome, from Ansible's play recap.
+    stats: dict[str, dict[str, int]] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+    changed_tasks: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.rc == 0 and self.status == "successful"
+
+    def changed(self) -> dict[str, int]:
+        return dict(self.stats.get("changed", {}))
+
+    def total_changed(self) -> int:
+        return sum(self.changed().values())
+
+
+def venv_on_path() -> None:
+    """Make the tools installed beside this interpreter (ansible-playbook, ...) callable."""
+    bindir = str(Path(sys.executable).parent)
+    if bindir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
+
+
+def converge(
+    inventory_dir: Path,
+    progress: Progress,
+    playbook: str = "site.yml",
+    extravars: dict | None = None,
+    limit: str | None = None,
+) -> ConvergeResult:
+    import ansible_runner
+
+    inventory.require(inventory_dir)
+    venv_on_path()
+    result = ConvergeResult(status="unknown", rc=-1)
+
+    def on_event(event: dict) -> bool:
+        kind = event.get("event")
+        data = event.get("event_data", {})
+        if kind == "playbook_on_play_start":
+            progress.log(f"PLAY {data.get('play', '')}")
+        elif kind == "playbook_on_task_start":
+            progress.log(f"  {data.get('task', '')}")
+        elif kind == "runner_on_ok" and data.get("res", {}).get("changed"):
+            result.changed_tasks.append(f"{data.get('host')}: {data.get('task')}")
+            progress.log(f"    changed: {data.get('host')}")
+        elif kind in ("runner_on_failed", "runner_on_unreachable") and not data.get("ignore_errors"):
+            res = data.get("res", {})
+            # no_log tasks arrive censored from Ansible, so this never prints a secret.
+            message = res.get("msg") or res.get("stderr") or res.get("reason") or "failed"
+            line = f"{data.get('host')}: {data.get('task')}: {str(message).strip()}"
+            result.failures.append(line)
+            progress.log(f"    FAILED {line}")
+        return True  # keep ansible-runner's own artifact record too
+
+    private_dir = Path(tempfile.mkdtemp(prefix="llmcloud-runner-"))
+    try:
+        runner = ansible_runner.run(
+            private_data_dir=str(private_dir),
+            project_dir=str(REPO_ROOT),
+            playbook=str(REPO_ROOT / playbook),
+            inventory=str(Path(inventory_dir).resolve()),
+            envvars={"ANSIBLE_CONFIG": str(REPO_ROOT / "ansible.cfg"), "PATH": os.environ["PATH"]},
+            extravars=extravars or {},
+            limit=limit,
+            quiet=True,
+            event_handler=on_event,
+        )
+        result.status, result.rc = runner.status, runner.rc
+        result.stats = {k: v for k, v in (runner.stats or {}).items() if isinstance(v, dict)}
+    finally:
+        shutil.rmtree(private_dir, ignore_errors=True)
+    return result
+
+
+def converge_or_fail(inventory_dir: Path, progress: Progress) -> ConvergeResult:
+    with progress.step(f"converge {inventory_dir} (site.yml)"):
+        result = converge(inventory_dir, progress)
+        if not result.ok:
+            first = result.failures[0] if result.failures else f"ansible-runner status {result.status}"
+            raise UserError(
+                f"converge failed: {first}",
+                f"fix the cause above, then re-run `make converge INVENTORY={inventory_dir}`",
+            )
+    changed = result.changed()
+    progress.log(f"changed per host: {changed or 'none'}")
+    return result

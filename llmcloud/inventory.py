@@ -1,0 +1,138 @@
+"""The inventory contract: what provisioning hands to configuration.
+
+Every stack, local containers or OpenStack VMs, produces ``inventory/<stack>/`` in one shape:
+
+- ``hosts.yml``: groups ``llm`` (engine hosts) and ``edge`` (public entry); a host may be in both.
+  Each host has ``ansible_host``/``ansible_port`` (how the controller reaches it) and
+  ``private_ip`` (how the other hosts reach it).
+- ``group_vars/all.yml``: SSH connection settings and the stack's settings for the roles.
+- ``ssh_config``: the same connection settings for ``ssh -F`` and testinfra.
+
+Roles never ask where a host came from; they read only these.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import yaml
+
+from llmcloud import REPO_ROOT
+
+GROUPS = ("llm", "edge")
+_HOSTNAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+
+
+@dataclass(frozen=True)
+class InventoryHost:
+    name: str
+    groups: tuple[str, ...]
+    ansible_host: str
+    private_ip: str
+    ansible_port: int = 22
+    public_ip: str | None = None
+
+
+@dataclass
+class Inventory:
+    stack: str
+    hosts: list[InventoryHost]
+    ssh_user: str = "deploy"
+    ssh_private_key_file: str | None = None
+    known_hosts_file: str | None = None
+    #: "yes" when host keys are known in advance (local stack), "accept-new" for fresh cloud VMs.
+    strict_host_key_checking: str = "accept-new"
+    proxy_jump: str | None = None
+    vars: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        names = [h.name for h in self.hosts]
+        if len(set(names)) != len(names):
+            raise ValueError(f"inventory for stack {self.stack!r}: duplicate host names in {names}")
+        for host in self.hosts:
+            if not _HOSTNAME.match(host.name):
+                raise ValueError(f"inventory host name {host.name!r} must match {_HOSTNAME.pattern}")
+            unknown = set(host.groups) - set(GROUPS)
+            if unknown:
+                raise ValueError(f"inventory host {host.name!r}: unknown groups {sorted(unknown)}")
+            ipaddress.ip_address(host.private_ip)
+        for group in GROUPS:
+            if not self.group(group):
+                raise ValueError(f"inventory for stack {self.stack!r} has no host in group {group!r}")
+        if self.strict_host_key_checking not in ("yes", "accept-new"):
+            raise ValueError("strict_host_key_checking must be 'yes' or 'accept-new'")
+
+    def group(self, name: str) -> list[InventoryHost]:
+        return [h for h in self.hosts if name in h.groups]
+
+    def ssh_options(self) -> list[str]:
+        """OpenSSH ``-o`` options shared by Ansible, ssh_config and testinfra."""
+        opts = [f"StrictHostKeyChecking={self.strict_host_key_checking}", "IdentitiesOnly=yes"]
+        if self.known_hosts_file:
+            opts.append(f"UserKnownHostsFile={self.known_hosts_file}")
+        if self.proxy_jump:
+            opts.append(f"ProxyJump={self.proxy_jump}")
+        return opts
+
+    def ssh_common_args(self) -> str:
+        return " ".join(f"-o {shlex.quote(o)}" for o in self.ssh_options())
+
+
+def _to_yaml(value: Any) -> str:
+    text = yaml.safe_dump(value, default_flow_style=False, sort_keys=True)
+    return text.removesuffix("...\n").rstrip("\n")  # a bare scalar ends with a document marker
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(REPO_ROOT / "templates")),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["to_yaml"] = _to_yaml
+    return env
+
+
+def render(inventory: Inventory) -> dict[str, str]:
+    """Render the inventory files as {relative path: content}. Pure: no I/O besides templates."""
+    inventory.validate()
+    env = _environment()
+    ctx = {"inv": inventory, "groups": GROUPS}
+    return {
+        "hosts.yml": env.get_template("inventory/hosts.yml.j2").render(ctx),
+        "group_vars/all.yml": env.get_template("inventory/group_vars_all.yml.j2").render(ctx),
+        "ssh_config": env.get_template("inventory/ssh_config.j2").render(ctx),
+    }
+
+
+def write(inventory: Inventory, directory: Path) -> list[Path]:
+    """Write the rendered inventory into ``directory``; returns the files written."""
+    written = []
+    for rel, content in render(inventory).items():
+        path = directory / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(content)
+        written.append(path)
+    return written
+
+
+def require(directory: Path) -> Path:
+    """Return the inventory's hosts file, or fail with the fix when it is missing."""
+    from llmcloud.errors import UserError
+
+    hosts = directory / "hosts.yml"
+    if not hosts.is_file():
+        raise UserError(
+            f"no inventory at {directory} (missing {hosts.name})",
+            "run `make local` for local hosts, or `pulumi up` for an OpenStack stack, "
+            "or pass INVENTORY=inventory/<stack>",
+        )
+    return hosts

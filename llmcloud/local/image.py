@@ -1,0 +1,128 @@
+"""The Debian 12 systemd base image for local target hosts, built with debootstrap.
+
+The image looks like a fresh cloud VM: systemd as PID 1, sshd, python3, sudo and a ``deploy`` user,
+and no SSH host keys (each host gets its own before first boot). It is tagged with a hash of this
+recipe, so a second ``make local`` reuses it and a changed recipe builds a new one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from pathlib import Path
+
+from llmcloud.local import system
+
+REPOSITORY = "llmcloud/debian12-systemd"
+SUITE = "bookworm"
+DEPLOY_UID = 1000
+PACKAGES = (
+    "systemd",
+    "systemd-sysv",
+    "dbus",
+    "openssh-server",
+    "python3",
+    "python3-apt",
+    "sudo",
+    "iproute2",
+    "ca-certificates",
+)
+SOURCES_LIST = (
+    "deb http://deb.debian.org/debian bookworm main\n"
+    "deb http://deb.debian.org/debian bookworm-updates main\n"
+    "deb http://deb.debian.org/debian-security bookworm-security main\n"
+)
+# Files written into the root file system after debootstrap: {path: (mode, content)}.
+FILES = {
+    "etc/apt/sources.list": (0o644, SOURCES_LIST),
+    "etc/sudoers.d/deploy": (0o440, "deploy ALL=(ALL) NOPASSWD:ALL\n"),
+    # Host keys are injected per host; only the ed25519 one exists.
+    "etc/ssh/sshd_config.d/00-llmcloud-hostkey.conf": (
+        0o644,
+        "HostKey /etc/ssh/ssh_host_ed25519_key\n",
+    ),
+    "etc/machine-id": (0o444, ""),  # empty: systemd makes one per container at first boot
+}
+CHROOT_COMMANDS = (
+    ["useradd", "--create-home", "--uid", str(DEPLOY_UID), "--shell", "/bin/bash", "deploy"],
+    ["apt-get", "clean"],
+)
+CHANGES = ['CMD ["/lib/systemd/systemd"]', "ENV container=docker"]
+
+
+def recipe_hash() -> str:
+    recipe = {
+        "suite": SUITE,
+        "packages": PACKAGES,
+        "files": {k: [m, c] for k, (m, c) in FILES.items()},
+        "chroot": CHROOT_COMMANDS,
+        "changes": CHANGES,
+        "variant": "minbase",
+    }
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def image_ref() -> str:
+    return f"{REPOSITORY}:{recipe_hash()}"
+
+
+def ensure(client, progress) -> str:
+    """Return the base image reference, building it when this recipe has no image yet."""
+    from docker.errors import ImageNotFound
+
+    ref = image_ref()
+    try:
+        client.images.get(ref)
+        progress.log(f"base image {ref} is cached")
+        return ref
+    except ImageNotFound:
+        pass
+    system.ensure_packages({"debootstrap": "debootstrap"})
+    workdir = Path(tempfile.mkdtemp(prefix="llmcloud-rootfs-", dir="/var/tmp"))
+    rootfs = workdir / "rootfs"
+    tarball = workdir / "rootfs.tar"
+    try:
+        with progress.step(f"debootstrap Debian 12 into {rootfs} (about a minute)"):
+            system.run_root(
+                [
+                    "debootstrap",
+                    "--variant=minbase",
+                    f"--include={','.join(PACKAGES)}",
+                    SUITE,
+                    str(rootfs),
+                ],
+                "debootstrap",
+            )
+        with progress.step("customise the root file system"):
+            _customise(rootfs)
+        with progress.step(f"import {ref}"):
+            system.run_root(["tar", "-C", str(rootfs), "-cf", str(tarball), "."], "tar rootfs")
+            client.api.import_image_from_file(
+                str(tarball), repository=REPOSITORY, tag=recipe_hash(), changes=CHANGES
+            )
+    finally:
+        system.run_root(["rm", "-rf", "--one-file-system", str(workdir)], "cleanup")
+    client.images.get(ref)
+    return ref
+
+
+def _customise(rootfs: Path) -> None:
+    for command in CHROOT_COMMANDS:
+        system.run_root(["chroot", str(rootfs), *command], f"chroot {' '.join(command)}")
+    for key in (rootfs / "etc/ssh").glob("ssh_host_*"):
+        system.run_root(["rm", "-f", str(key)], "remove build-time host keys")
+    for rel, (mode, content) in FILES.items():
+        with tempfile.NamedTemporaryFile("w", delete=False) as tmp:
+            tmp.write(content)
+        system.run_root(["install", "-m", oct(mode)[2:], tmp.name, str(rootfs / rel)], f"write {rel}")
+        Path(tmp.name).unlink()
+
+
+def remove_all(client) -> list[str]:
+    removed = []
+    for image in client.images.list(name=REPOSITORY):
+        for tag in image.tags:
+            client.images.remove(tag)
+            removed.append(tag)
+    return removed

@@ -1,0 +1,394 @@
+"""Bring local target hosts up and down, and describe them as an inventory."""
+
+from __future__ import annotations
+
+import io
+import ipaddress
+import json
+import shutil
+import socket
+import tarfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from llmcloud import REPO_ROOT, inventory
+from llmcloud.errors import UserError
+from llmcloud.keys import ensure_ed25519
+from llmcloud.local import image, system
+from llmcloud.progress import Progress
+
+LABEL = "llmcloud.stack"
+TOPOLOGIES = ("single", "split")
+# Every capability Docker 20.10 knows except SYS_RESOURCE, which this machine's bounding set lacks
+# (that is why --privileged fails here). systemd, nftables and Docker inside the host need the rest.
+CAPABILITIES = [
+    "AUDIT_CONTROL",
+    "AUDIT_READ",
+    "AUDIT_WRITE",
+    "BLOCK_SUSPEND",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "KILL",
+    "LEASE",
+    "LINUX_IMMUTABLE",
+    "MAC_ADMIN",
+    "MAC_OVERRIDE",
+    "MKNOD",
+    "NET_ADMIN",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_RAW",
+    "SETFCAP",
+    "SETGID",
+    "SETPCAP",
+    "SETUID",
+    "SYSLOG",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_CHROOT",
+    "SYS_MODULE",
+    "SYS_NICE",
+    "SYS_PACCT",
+    "SYS_PTRACE",
+    "SYS_RAWIO",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "WAKE_ALARM",
+]
+STATE_FILE = "local-stack.json"
+
+
+@dataclass
+class LocalStack:
+    name: str = "local"
+    topology: str = "single"
+    engines: int = 1
+    ssh_port: int = 2222
+    http_port: int = 8080
+    https_port: int = 8443
+    inventory_root: Path = REPO_ROOT / "inventory"
+
+    def __post_init__(self) -> None:
+        self.inventory_root = Path(self.inventory_root).resolve()
+        if self.topology not in TOPOLOGIES:
+            raise UserError(
+                f"--topology {self.topology!r} is not known",
+                f"use one of: {', '.join(TOPOLOGIES)}",
+            )
+        if not 1 <= self.engines <= 8:
+            raise UserError(f"--engines {self.engines} is out of range", "use 1 to 8 engine hosts")
+        if self.topology == "single" and self.engines != 1:
+            raise UserError(
+                "--engines only applies to the split topology",
+                "add --topology split, or drop --engines",
+            )
+        if not inventory._HOSTNAME.match(self.name):
+            raise UserError(
+                f"--stack {self.name!r} is not a valid stack name",
+                "use lower-case letters, digits and dashes, starting with a letter",
+            )
+        for flag, port in (
+            ("--ssh-port", self.ssh_port),
+            ("--http-port", self.http_port),
+            ("--https-port", self.https_port),
+        ):
+            if not 1024 <= port <= 65535 - 8:
+                raise UserError(f"{flag} {port} is out of range", f"pass {flag} between 1024 and 65527")
+
+    # ---- naming -------------------------------------------------------------------------------
+    @property
+    def inventory_dir(self) -> Path:
+        return self.inventory_root / self.name
+
+    @property
+    def network_name(self) -> str:
+        return f"llmcloud-{self.name}"
+
+    def container_name(self, host: str) -> str:
+        return f"llmcloud-{self.name}-{host}"
+
+    def hosts(self) -> list[tuple[str, tuple[str, ...]]]:
+        """The planned hosts as (name, groups)."""
+        if self.topology == "single":
+            return [("node1", ("llm", "edge"))]
+        return [("edge1", ("edge",))] + [(f"llm{i}", ("llm",)) for i in range(1, self.engines + 1)]
+
+    def ports(self, index: int, groups: tuple[str, ...]) -> dict[str, tuple[str, int]]:
+        """Published ports, always on 127.0.0.1: SSH per host, HTTP(S) on the edge."""
+        ports = {"22/tcp": ("127.0.0.1", self.ssh_port + index)}
+        if "edge" in groups:
+            ports["80/tcp"] = ("127.0.0.1", self.http_port)
+            ports["443/tcp"] = ("127.0.0.1", self.https_port)
+        return ports
+
+    def labels(self, host: str | None = None) -> dict[str, str]:
+        labels = {LABEL: self.name, "llmcloud.topology": self.topology}
+        if host:
+            labels["llmcloud.host"] = host
+        return labels
+
+    # ---- up -----------------------------------------------------------------------------------
+    def up(self, progress: Progress) -> inventory.Inventory:
+        with progress.step("Docker engine"):
+            client = system.docker_client()
+        self._refuse_other_topology(client)
+        with progress.step("base image (Debian 12 + systemd, debootstrap)"):
+            ref = image.ensure(client, progress)
+        ssh_dir = self.inventory_dir / "ssh"
+        with progress.step("SSH keys"):
+            deploy_pub = ensure_ed25519(ssh_dir / "deploy_ed25519", f"deploy@llmcloud-{self.name}")
+            host_keys = {
+                name: ensure_ed25519(ssh_dir / "hostkeys" / f"{name}_ed25519", f"root@{name}")
+                for name, _ in self.hosts()
+            }
+        with progress.step(f"private network {self.network_name}"):
+            network = self._network(client)
+        containers = {}
+        for index, (name, groups) in enumerate(self.hosts()):
+            with progress.step(f"host {name} ({', '.join(groups)})"):
+                containers[name] = self._host(
+                    client,
+                    ref,
+                    network,
+                    index,
+                    name,
+                    groups,
+                    deploy_pub,
+                    ssh_dir / "hostkeys" / f"{name}_ed25519",
+                )
+        with progress.step("wait for systemd and sshd on every host"):
+            for name, container in containers.items():
+                self._wait_ready(container, name)
+        inv = self._inventory(client, network, containers, host_keys)
+        with progress.step(f"inventory {self._display(self.inventory_dir)}"):
+            inventory.write(inv, self.inventory_dir)
+            (self.inventory_dir / STATE_FILE).write_text(json.dumps(self._state(), indent=2) + "\n")
+        return inv
+
+    def _state(self) -> dict:
+        state = asdict(self)
+        state["inventory_root"] = str(self.inventory_root)
+        return state
+
+    @staticmethod
+    def _display(path: Path) -> str:
+        try:
+            return str(path.relative_to(Path.cwd()))
+        except ValueError:
+            return str(path)
+
+    def _refuse_other_topology(self, client) -> None:
+        for c in client.containers.list(all=True, filters={"label": f"{LABEL}={self.name}"}):
+            if c.labels.get("llmcloud.topology") != self.topology:
+                raise UserError(
+                    f"stack {self.name!r} is already up with topology "
+                    f"{c.labels.get('llmcloud.topology')!r}, not {self.topology!r}",
+                    f"run `llmcloud local down --stack {self.name}` first, or pick another --stack",
+                )
+        planned = {self.container_name(n) for n, _ in self.hosts()}
+        extra = [
+            c.name
+            for c in client.containers.list(all=True, filters={"label": f"{LABEL}={self.name}"})
+            if c.name not in planned
+        ]
+        if extra:
+            raise UserError(
+                f"stack {self.name!r} has hosts this plan does not ({', '.join(sorted(extra))})",
+                f"run `llmcloud local down --stack {self.name}` first, or keep --engines as before",
+            )
+
+    def _network(self, client):
+        existing = client.networks.list(names=[self.network_name])
+        if existing:
+            return existing[0]
+        return client.networks.create(self.network_name, driver="bridge", labels=self.labels())
+
+    def _host(self, client, ref, network, index, name, groups, deploy_pub, host_key_path):
+        from docker.errors import NotFound
+
+        try:
+            container = client.containers.get(self.container_name(name))
+        except NotFound:
+            container = None
+        if container is not None:
+            if container.status != "running":
+                container.start()
+            return container
+        ports = self.ports(index, groups)
+        for container_port, (_, host_port) in ports.items():
+            _require_free_port(host_port, f"{name} {container_port}")
+        volume = client.volumes.create(f"llmcloud-{self.name}-{name}-docker", labels=self.labels(name))
+        container = client.containers.create(
+            ref,
+            name=self.container_name(name),
+            hostname=name,
+            detach=True,
+            stop_signal="SIGRTMIN+3",  # systemd's clean shutdown
+            labels=self.labels(name),
+            cap_add=CAPABILITIES,
+            security_opt=["seccomp=unconfined", "apparmor=unconfined"],
+            device_cgroup_rules=["a *:* rwm"],
+            cgroupns="host",
+            tmpfs={"/run": "", "/run/lock": ""},
+            volumes={
+                "/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"},
+                # Docker inside the host needs a real file system for overlay2.
+                volume.name: {"bind": "/var/lib/docker", "mode": "rw"},
+            },
+            ports=ports,
+            network=network.name,
+        )
+        container.put_archive("/", _first_boot_files(deploy_pub, host_key_path))
+        container.start()
+        return container
+
+    def _wait_ready(self, container, name: str, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        state = ""
+        while time.monotonic() < deadline:
+            state = container.exec_run(["systemctl", "is-system-running"]).output.decode().strip()
+            if state in ("running", "degraded"):
+                break
+            time.sleep(0.5)
+        else:
+            raise UserError(
+                f"host {name}: systemd did not finish booting within {timeout:.0f}s ({state or 'no answer'})",
+                f"inspect it with `docker exec {container.name} systemctl --failed`",
+            )
+        container.reload()
+        port = int(container.ports["22/tcp"][0]["HostPort"])
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=3) as sock:
+                    if sock.recv(64).startswith(b"SSH-2.0"):
+                        return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise UserError(
+                    f"host {name}: sshd does not answer on 127.0.0.1:{port}",
+                    f"inspect it with `docker exec {container.name} journalctl -u ssh`",
+                )
+            time.sleep(0.5)
+
+    def _inventory(self, client, network, containers, host_keys) -> inventory.Inventory:
+        network.reload()
+        gateway = network.attrs["IPAM"]["Config"][0]["Gateway"]
+        subnet = network.attrs["IPAM"]["Config"][0]["Subnet"]
+        hosts, known = [], []
+        for name, groups in self.hosts():
+            container = containers[name]
+            container.reload()
+            ip = container.attrs["NetworkSettings"]["Networks"][network.name]["IPAddress"]
+            port = int(container.ports["22/tcp"][0]["HostPort"])
+            hosts.append(inventory.InventoryHost(name, groups, "127.0.0.1", ip, port))
+            key_type, key_b64 = host_keys[name].split()[:2]
+            known.append(f"[127.0.0.1]:{port} {key_type} {key_b64}")
+        ssh_dir = self.inventory_dir / "ssh"
+        (ssh_dir / "known_hosts").write_text("\n".join(known) + "\n")
+        return inventory.Inventory(
+            stack=self.name,
+            hosts=hosts,
+            ssh_private_key_file=str(ssh_dir / "deploy_ed25519"),
+            known_hosts_file=str(ssh_dir / "known_hosts"),
+            strict_host_key_checking="yes",
+            vars={
+                "llmcloud_topology": self.topology,
+                "llmcloud_private_cidr": str(ipaddress.ip_network(subnet, strict=False)),
+                # SSH reaches the hosts through Docker's port forwarding, from the bridge gateway.
+                "admin_cidrs": [f"{gateway}/32"],
+                # A container must not steer the clock of the machine it runs on.
+                "common_timesync_set_clock": False,
+            },
+        )
+
+    # ---- down and status ----------------------------------------------------------------------
+    def down(self, progress: Progress) -> None:
+        with progress.step("Docker engine"):
+            client = system.docker_client()
+        with progress.step(f"remove hosts of stack {self.name!r}"):
+            for container in client.containers.list(all=True, filters={"label": f"{LABEL}={self.name}"}):
+                progress.log(f"  removing {container.name}")
+                container.remove(force=True)
+            for volume in client.volumes.list(filters={"label": f"{LABEL}={self.name}"}):
+                volume.remove(force=True)
+            for network in client.networks.list(filters={"label": f"{LABEL}={self.name}"}):
+                network.remove()
+        # Only an inventory this command wrote (it carries the state file) is removed.
+        if (self.inventory_dir / STATE_FILE).is_file():
+            with progress.step(f"remove {self._display(self.inventory_dir)}"):
+                shutil.rmtree(self.inventory_dir)
+
+    def status(self) -> dict:
+        client = system.docker_client()
+        hosts = []
+        for c in client.containers.list(all=True, filters={"label": f"{LABEL}={self.name}"}):
+            ports = {k: f"{v[0]['HostIp']}:{v[0]['HostPort']}" for k, v in (c.ports or {}).items() if v}
+            hosts.append(
+                {
+                    "host": c.labels.get("llmcloud.host"),
+                    "container": c.name,
+                    "state": c.status,
+                    "ports": ports,
+                }
+            )
+        state_path = self.inventory_dir / STATE_FILE
+        return {
+            "stack": self.name,
+            "topology": hosts
+            and client.containers.get(hosts[0]["container"]).labels.get("llmcloud.topology"),
+            "inventory": str(self.inventory_dir) if state_path.is_file() else None,
+            "ssh_config": str(self.inventory_dir / "ssh_config") if state_path.is_file() else None,
+            "hosts": sorted(hosts, key=lambda h: h["host"] or ""),
+        }
+
+
+def load(stack: str, inventory_root: Path) -> LocalStack:
+    """The settings a stack was brought up with, so re-runs and `down` need only its name."""
+    path = Path(inventory_root) / stack / STATE_FILE
+    if path.is_file():
+        state = json.loads(path.read_text())
+        return LocalStack(**{**state, "inventory_root": Path(state["inventory_root"])})
+    return LocalStack(name=stack, inventory_root=inventory_root)
+
+
+def _require_free_port(port: int, what: str) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            raise UserError(
+                f"port 127.0.0.1:{port} (for {what}) is already in use by another program",
+                "stop that program, or pick other ports with --ssh-port/--http-port/--https-port",
+            ) from None
+
+
+def _first_boot_files(deploy_pub: str, host_key_path: Path) -> bytes:
+    """A tar with this host's own SSH host key and the deploy user's authorized key."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+
+        def add(path: str, data: bytes | None, mode: int, uid: int = 0) -> None:
+            info = tarfile.TarInfo(path)
+            info.mode, info.uid, info.gid, info.mtime = mode, uid, uid, int(time.time())
+            if data is None:
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+        add("etc/ssh/ssh_host_ed25519_key", host_key_path.read_bytes(), 0o600)
+        pub = host_key_path.with_name(host_key_path.name + ".pub").read_bytes()
+        add("etc/ssh/ssh_host_ed25519_key.pub", pub, 0o644)
+        add("home/deploy/.ssh", None, 0o700, image.DEPLOY_UID)
+        add("home/deploy/.ssh/authorized_keys", (deploy_pub + "\n").encode(), 0o600, image.DEPLOY_UID)
+    return buf.getvalue()

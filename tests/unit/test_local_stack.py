@@ -1,0 +1,105 @@
+"""Local stack planning and its refusals, without starting Docker."""
+
+from __future__ import annotations
+
+import io
+import socket
+import tarfile
+
+import pytest
+
+from llmcloud.errors import UserError
+from llmcloud.keys import ensure_ed25519
+from llmcloud.local import image, stack
+from llmcloud.local.stack import LocalStack
+
+
+def test_single_topology_is_one_host_in_both_groups(tmp_path):
+    plan = LocalStack(inventory_root=tmp_path)
+    assert plan.hosts() == [("node1", ("llm", "edge"))]
+
+
+def test_split_topology_has_an_edge_and_engine_hosts(tmp_path):
+    plan = LocalStack(topology="split", engines=3, inventory_root=tmp_path)
+    assert plan.hosts() == [("edge1", ("edge",)), ("llm1", ("llm",)), ("llm2", ("llm",)), ("llm3", ("llm",))]
+
+
+def test_ports_are_published_on_loopback_only_and_web_only_on_edge(tmp_path):
+    plan = LocalStack(topology="split", engines=2, ssh_port=3000, inventory_root=tmp_path)
+    published = [plan.ports(i, groups) for i, (_, groups) in enumerate(plan.hosts())]
+    assert {addr for ports in published for addr, _ in ports.values()} == {"127.0.0.1"}
+    assert [p["22/tcp"][1] for p in published] == [3000, 3001, 3002]
+    assert "443/tcp" in published[0]
+    assert all("443/tcp" not in p and "80/tcp" not in p for p in published[1:])
+
+
+def test_capabilities_leave_out_sys_resource():
+    assert "SYS_RESOURCE" not in stack.CAPABILITIES
+    assert {"NET_ADMIN", "SYS_ADMIN"} <= set(stack.CAPABILITIES)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "flag"),
+    [
+        ({"topology": "triple"}, "--topology"),
+        ({"topology": "split", "engines": 0}, "--engines"),
+        ({"topology": "split", "engines": 9}, "--engines"),
+        ({"engines": 2}, "--engines"),
+        ({"name": "My Stack"}, "--stack"),
+        ({"ssh_port": 22}, "--ssh-port"),
+        ({"https_port": 70000}, "--https-port"),
+    ],
+)
+def test_bad_settings_name_the_flag(tmp_path, kwargs, flag):
+    with pytest.raises(UserError) as err:
+        LocalStack(inventory_root=tmp_path, **kwargs)
+    assert flag in str(err.value)
+    assert err.value.fix
+
+
+def test_taken_port_is_reported_with_the_fix():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        with pytest.raises(UserError) as err:
+            stack._require_free_port(port, "node1 22/tcp")
+    assert f"127.0.0.1:{port}" in err.value.cause
+    assert "--ssh-port" in err.value.fix
+
+
+def test_state_file_restores_settings(tmp_path):
+    plan = LocalStack(name="demo", topology="split", engines=2, ssh_port=3100, inventory_root=tmp_path)
+    plan.inventory_dir.mkdir(parents=True)
+    import json
+
+    (plan.inventory_dir / stack.STATE_FILE).write_text(json.dumps(plan._state()))
+    again = stack.load("demo", tmp_path)
+    assert (again.topology, again.engines, again.ssh_port) == ("split", 2, 3100)
+
+
+def test_first_boot_files_give_each_host_its_key_and_deploy_access(tmp_path):
+    pub = ensure_ed25519(tmp_path / "deploy", "deploy@test")
+    ensure_ed25519(tmp_path / "hostkey", "root@node1")
+    with tarfile.open(fileobj=io.BytesIO(stack._first_boot_files(pub, tmp_path / "hostkey"))) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+        assert members["etc/ssh/ssh_host_ed25519_key"].mode == 0o600
+        assert members["home/deploy/.ssh"].uid == image.DEPLOY_UID
+        auth = tar.extractfile("home/deploy/.ssh/authorized_keys").read().decode()
+    assert auth.strip() == pub
+    assert members["home/deploy/.ssh/authorized_keys"].mode == 0o600
+
+
+def test_keys_are_private_and_stable(tmp_path):
+    first = ensure_ed25519(tmp_path / "ssh" / "k", "c")
+    assert (tmp_path / "ssh" / "k").stat().st_mode & 0o077 == 0
+    assert (tmp_path / "ssh").stat().st_mode & 0o077 == 0
+    assert ensure_ed25519(tmp_path / "ssh" / "k", "c") == first
+    assert first.startswith("ssh-ed25519 ")
+
+
+def test_image_tag_follows_the_recipe(monkeypatch):
+    before = image.recipe_hash()
+    assert image.recipe_hash() == before
+    monkeypatch.setattr(image, "PACKAGES", (*image.PACKAGES, "vim"))
+    assert image.recipe_hash() != before
