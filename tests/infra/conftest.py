@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import pytest
@@ -47,7 +48,7 @@ class Peer:
     def __init__(self, name: str, address: str | None, remote=None):
         self.name, self.address, self.remote = name, address, remote
 
-    def can_connect(self, ip: str, port: int, timeout: float = 3.0) -> bool:
+    def can_connect(self, ip: str, port: int, timeout: float = 2.0) -> bool:
         if self.remote is None:
             try:
                 with socket.create_connection((ip, port), timeout=timeout):
@@ -78,6 +79,13 @@ def peers(host, runner, hostvars) -> list[Peer]:
         if name != me
     ]
     return found or [Peer("controller", None)]
+
+
+def reachable_from(peers: list[Peer], ip: str, port: int) -> dict[str, bool]:
+    """{peer name: whether it can open ip:port}, asked of all peers at once (a drop costs a timeout)."""
+    with ThreadPoolExecutor(max_workers=max(1, len(peers))) as pool:
+        answers = pool.map(lambda peer: peer.can_connect(ip, port), peers)
+        return dict(zip((p.name for p in peers), answers, strict=True))
 
 
 def private_reachable_from_controller(ip: str) -> bool:
