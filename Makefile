@@ -5,6 +5,8 @@ BIN       := $(VENV)/bin
 STACK     ?= local
 TOPOLOGY  ?= single
 INVENTORY ?= inventory/$(STACK)
+# Extra flags for `llmcloud local up`, e.g. LOCAL_ARGS="--engines 2 --ssh-port 2300"
+LOCAL_ARGS ?=
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
@@ -24,10 +26,10 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	@touch $@
 
 local: venv ## the whole stack on local target hosts: up, converge, verify, summary
-	$(BIN)/llmcloud local up --stack $(STACK) --topology $(TOPOLOGY)
+	$(BIN)/llmcloud local up --stack $(STACK) --topology $(TOPOLOGY) $(LOCAL_ARGS)
 
 up: venv ## start local target hosts and write the inventory only
-	$(BIN)/llmcloud local up --stack $(STACK) --topology $(TOPOLOGY) --hosts-only
+	$(BIN)/llmcloud local up --stack $(STACK) --topology $(TOPOLOGY) --hosts-only $(LOCAL_ARGS)
 
 converge: venv ## re-run site.yml on $(INVENTORY)
 	$(BIN)/llmcloud converge -i $(INVENTORY)
