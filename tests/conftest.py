@@ -3,3 +3,7 @@
 from llmcloud.converge import venv_on_path
 
 venv_on_path()
+
+
+def pytest_addoption(parser):
+    parser.addoption("--update-golden", action="store_true", help="rewrite tests/unit/golden/ from the code")

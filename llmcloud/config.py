@@ -1,0 +1,500 @@
+"""The stack configuration: one typed schema, the single source of truth for every setting.
+
+Users write it under the `llmcloud:` namespace of `stacks/Pulumi.<stack>.yaml`, in camelCase
+(`llmcloud:engineNode: {flavor: ...}`). It is validated before any cloud call; every error names the
+key, the bad value and the fix. Defaults suit a de.NBI project.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from enum import StrEnum
+from typing import Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+NAMESPACE = "llmcloud"
+#: Config keys that must be Pulumi secrets (`pulumi config set --secret`).
+SECRET_KEYS = ("hfToken", "oauthClientSecret", "resticPassword", "cookieSecret")
+
+_DNS_LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
+_DOMAIN = re.compile(rf"^(?=.{{1,253}}$){_DNS_LABEL}(\.{_DNS_LABEL})+$")
+_EMAIL = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")
+_HF_MODEL = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
+_OLLAMA_MODEL = re.compile(r"^[a-z0-9][\w.-]*(/[\w.-]+)?(:[\w.-]+)?$")
+_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+
+
+class ConfigError(ValueError):
+    """Every problem of a stack configuration, one line each."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("invalid stack configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+        use_enum_values=True,
+        validate_default=True,
+    )
+
+
+class Topology(StrEnum):
+    single = "single"
+    split = "split"
+
+
+class EngineKind(StrEnum):
+    tgi = "tgi"
+    vllm = "vllm"
+    ollama = "ollama"
+
+
+class AuthProvider(StrEnum):
+    lifescience = "lifescience"
+    oidc = "oidc"
+    github = "github"
+
+
+class TlsMode(StrEnum):
+    acme_http01 = "acme_http01"
+    acme_dns01 = "acme_dns01"
+    external = "external"
+    selfsigned = "selfsigned"
+
+
+class BackupTarget(StrEnum):
+    none = "none"
+    manila = "manila"
+    swift = "swift"
+
+
+def _check_regex(value: str | None, what: str) -> str | None:
+    if value is not None:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(
+                f"{what} is not a valid regular expression ({exc}); fix: e.g. ^Ubuntu-24\\.04-.*-gpu$"
+            ) from None
+    return value
+
+
+class Node(_Model):
+    flavor: str = Field(min_length=1, max_length=255)
+    #: Exact image name, or ``imagePattern``: a regex; the most recent matching image is used.
+    image: str | None = None
+    image_pattern: str | None = None
+    #: Boot from a new volume of this size (GB) instead of the flavor's disk.
+    boot_volume_size: int | None = Field(default=None, ge=10, le=2000)
+
+    @field_validator("image_pattern")
+    @classmethod
+    def _pattern_compiles(cls, value):
+        return _check_regex(value, "imagePattern")
+
+    @model_validator(mode="after")
+    def _one_image(self):
+        if (self.image is None) == (self.image_pattern is None):
+            raise ValueError("set exactly one of image (a name) and imagePattern (a regex)")
+        return self
+
+
+class EngineNode(Node):
+    flavor: str = Field(default="de.NBI GPU T4 medium", min_length=1, max_length=255)
+    image_pattern: str | None = r"^Ubuntu-24\.04-.*-gpu$"
+    #: The persistent model cache (GB). Kept on `pulumi destroy` unless allowDataLoss is true.
+    data_volume_size: int = Field(default=100, ge=10, le=10000)
+    data_volume_type: str | None = None
+    #: The flavor has a GPU: the nvidia role then fails instead of skipping when none is found.
+    gpu: bool = True
+
+
+class EdgeNode(Node):
+    flavor: str = Field(default="de.NBI default", min_length=1, max_length=255)
+    image_pattern: str | None = r"^Ubuntu-24\.04-\d{8}$"
+
+
+class Network(_Model):
+    #: Reuse this project network (de.NBI projects come with `<project>-network-2`) instead of creating one.
+    existing: str | None = None
+    cidr: str = "10.42.0.0/24"
+    #: The external network the router of a created network connects to.
+    external_network: str | None = "public"
+    dns_nameservers: list[str] = []
+
+    @field_validator("cidr")
+    @classmethod
+    def _cidr(cls, value: str) -> str:
+        try:
+            net = ipaddress.ip_network(value, strict=True)
+        except ValueError as exc:
+            raise ValueError(
+                f"{value!r} is not a network in CIDR notation ({exc}); fix: e.g. 10.42.0.0/24"
+            ) from None
+        if not net.is_private or net.version != 4 or not 16 <= net.prefixlen <= 28:
+            raise ValueError(
+                f"{value!r} must be a private IPv4 network between /16 and /28, e.g. 10.42.0.0/24"
+            )
+        return value
+
+    @field_validator("dns_nameservers")
+    @classmethod
+    def _dns(cls, values: list[str]) -> list[str]:
+        for value in values:
+            try:
+                ipaddress.ip_address(value)
+            except ValueError:
+                raise ValueError(f"{value!r} is not an IP address; fix: e.g. 8.8.8.8") from None
+        return values
+
+
+class Reach(_Model):
+    #: Give each VM reached from outside a floating IP from this pool.
+    floating_ip_pool: str | None = None
+    #: Or reach the VMs through a jump host: `user@host` or `user@host:port` (ProxyJump).
+    jump_host: str | None = None
+
+    @field_validator("jump_host")
+    @classmethod
+    def _jump(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^[a-z_][a-z0-9_.-]*@[A-Za-z0-9.-]+(:\d{1,5})?$", value):
+            raise ValueError(
+                f"{value!r} is not user@host[:port]; fix: e.g. alice@denbi-jumphost-01.bihealth.org"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _one_way_in(self):
+        if not self.floating_ip_pool and not self.jump_host:
+            raise ValueError(
+                "set floatingIpPool (a pool name) or jumpHost (user@host): nothing else can reach the VMs"
+            )
+        return self
+
+
+class Engine(_Model):
+    kind: EngineKind = EngineKind.tgi
+    model_id: str = "Qwen/Qwen2.5-1.5B-Instruct"
+    revision: str | None = None
+    quantize: str | None = None
+    max_input_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
+    max_total_tokens: int | None = Field(default=None, ge=2, le=1_000_000)
+
+    @model_validator(mode="after")
+    def _model_id_matches_engine(self):
+        pattern = _OLLAMA_MODEL if self.kind == EngineKind.ollama else _HF_MODEL
+        example = "llama3.1:8b" if self.kind == EngineKind.ollama else "Qwen/Qwen2.5-1.5B-Instruct"
+        if not pattern.match(self.model_id):
+            raise ValueError(
+                f"modelId {self.model_id!r} is not a model id for {self.kind}; fix: e.g. {example}"
+            )
+        if self.max_input_tokens and self.max_total_tokens and self.max_input_tokens >= self.max_total_tokens:
+            raise ValueError("maxInputTokens must be smaller than maxTotalTokens")
+        return self
+
+
+LIFESCIENCE_ISSUER = "https://login.aai.lifescience-ri.eu/oidc/"
+
+
+class Auth(_Model):
+    provider: AuthProvider = AuthProvider.lifescience
+    issuer_url: str | None = None
+    client_id: str | None = None
+    allowed_emails: list[str] = []
+    allowed_email_domains: list[str] = []
+    allowed_groups: list[str] = []
+    github_org: str | None = None
+
+    @field_validator("allowed_emails")
+    @classmethod
+    def _emails(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if not _EMAIL.match(value):
+                raise ValueError(f"{value!r} is not an e-mail address; fix: e.g. alice@example.org")
+        return values
+
+    @field_validator("allowed_email_domains")
+    @classmethod
+    def _domains(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if value != "*" and not _DOMAIN.match(value):
+                raise ValueError(f"{value!r} is not a domain; fix: e.g. uni-example.de")
+        return values
+
+    @field_validator("issuer_url")
+    @classmethod
+    def _issuer(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https://[A-Za-z0-9.-]+(:\d+)?(/\S*)?$", value):
+            raise ValueError(
+                f"{value!r} must be an https:// URL; fix: e.g. https://keycloak.example.org/realms/lab"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _provider_settings(self):
+        if not self.client_id:
+            raise ValueError(
+                f"clientId is required for provider {self.provider}; register a client at your provider"
+            )
+        if self.provider == AuthProvider.oidc and not self.issuer_url:
+            raise ValueError(
+                "issuerUrl is required for provider oidc; fix: your provider's issuer, https://..."
+            )
+        if self.provider == AuthProvider.github and not self.github_org:
+            raise ValueError(
+                "githubOrg is required for provider github; fix: the organisation allowed to log in"
+            )
+        if self.provider != AuthProvider.github and self.github_org:
+            raise ValueError("githubOrg only applies to provider github")
+        if not (self.allowed_emails or self.allowed_email_domains or self.allowed_groups or self.github_org):
+            raise ValueError(
+                "nobody is allowed in: set allowedEmails, allowedEmailDomains or allowedGroups "
+                '(allowedEmailDomains: ["*"] admits every account of the provider)'
+            )
+        return self
+
+    @property
+    def issuer(self) -> str | None:
+        return LIFESCIENCE_ISSUER if self.provider == AuthProvider.lifescience else self.issuer_url
+
+
+class Backup(_Model):
+    target: BackupTarget = BackupTarget.none
+    #: Manila share size (GB).
+    size: int = Field(default=50, ge=1, le=100000)
+    share_network: str | None = None
+    share_type: str | None = None
+    container: str = "llmcloud-backup"
+    keep_daily: int = Field(default=7, ge=0, le=366)
+    keep_weekly: int = Field(default=4, ge=0, le=104)
+    keep_monthly: int = Field(default=6, ge=0, le=120)
+
+    @model_validator(mode="after")
+    def _keeps_something(self):
+        if self.target != BackupTarget.none and not (
+            self.keep_daily or self.keep_weekly or self.keep_monthly
+        ):
+            raise ValueError(
+                "keepDaily, keepWeekly and keepMonthly are all 0: every snapshot would be pruned"
+            )
+        return self
+
+
+class Tls(_Model):
+    mode: TlsMode = TlsMode.acme_http01
+    acme_email: str | None = None
+    acme_directory: str = "https://acme-v02.api.letsencrypt.org/directory"
+    #: Proxies allowed to set X-Forwarded-* (mode external).
+    trusted_proxies: list[str] = []
+
+    @field_validator("acme_email")
+    @classmethod
+    def _email(cls, value: str | None) -> str | None:
+        if value is not None and not _EMAIL.match(value):
+            raise ValueError(f"{value!r} is not an e-mail address; fix: e.g. admin@uni-example.de")
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, values: list[str]) -> list[str]:
+        for value in values:
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError:
+                raise ValueError(f"{value!r} is not an address or CIDR; fix: e.g. 10.0.0.5/32") from None
+        return values
+
+    @model_validator(mode="after")
+    def _acme_needs_email(self):
+        if self.mode in (TlsMode.acme_http01, TlsMode.acme_dns01) and not self.acme_email:
+            raise ValueError(
+                f"acmeEmail is required for mode {self.mode}: the ACME server sends expiry notices there"
+            )
+        if self.mode == TlsMode.external and not self.trusted_proxies:
+            raise ValueError("trustedProxies is required for mode external: the load balancer's addresses")
+        return self
+
+
+class StackConfig(_Model):
+    #: Prefix of every cloud resource name.
+    name_prefix: str = "llm"
+    topology: Topology = Topology.single
+    #: Engine VMs behind the edge (split topology only).
+    replicas: int = Field(default=1, ge=1, le=16)
+    #: Networks allowed to reach SSH (for a jump host: its address).
+    admin_cidrs: list[str] = Field(min_length=1)
+    allow_ssh_from_world: bool = False
+    #: Public key for a new keypair, or the name of an existing keypair.
+    ssh_public_key: str | None = None
+    keypair_name: str | None = None
+    #: The public DNS name of the service.
+    domain: str
+    network: Network = Network()
+    reach: Reach
+    engine_node: EngineNode = EngineNode()
+    edge_node: EdgeNode = EdgeNode()
+    engine: Engine = Engine()
+    auth: Auth
+    tls: Tls = Field(default={}, validate_default=True)  # validated: acme modes need acmeEmail
+    backup: Backup = Backup()
+    #: Run Ansible and the checks after the VMs exist.
+    configure: bool = True
+    #: Let `pulumi destroy` delete data volumes and backup storage.
+    allow_data_loss: bool = False
+    # Secrets: set with `pulumi config set --secret`; never printed.
+    hf_token: SecretStr | None = None
+    oauth_client_secret: SecretStr | None = None
+    restic_password: SecretStr | None = None
+    cookie_secret: SecretStr | None = None
+
+    @field_validator("name_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError(
+                f"{value!r} must be lower-case letters, digits and dashes, starting with a letter"
+            )
+        return value
+
+    @field_validator("admin_cidrs")
+    @classmethod
+    def _admin(cls, values: list[str]) -> list[str]:
+        for value in values:
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{value!r} is not a network in CIDR notation; fix: e.g. 192.0.2.0/24"
+                ) from None
+            if "/" not in value:
+                raise ValueError(f"{value!r} has no prefix length; fix: {value}/32 for one address")
+        return values
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, value: str) -> str:
+        if not _DOMAIN.match(value):
+            raise ValueError(f"{value!r} is not a DNS name; fix: e.g. llm.uni-example.de (lower case)")
+        return value
+
+    @field_validator("ssh_public_key")
+    @classmethod
+    def _pubkey(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(
+            r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp\d+) [A-Za-z0-9+/=]+( .*)?$", value
+        ):
+            raise ValueError("sshPublicKey is not an OpenSSH public key; fix: paste ~/.ssh/id_ed25519.pub")
+        return value
+
+    @model_validator(mode="after")
+    def _cross_checks(self):
+        problems = []
+        if self.topology == Topology.single and self.replicas != 1:
+            problems.append("replicas > 1 needs topology split: the edge VM balances the engine VMs")
+        world = [c for c in self.admin_cidrs if ipaddress.ip_network(c, strict=False).prefixlen == 0]
+        if world and not self.allow_ssh_from_world:
+            problems.append(
+                f"adminCidrs contains {world}, which opens SSH to everyone; use your own networks "
+                "or set allowSshFromWorld: true if you really mean it"
+            )
+        if (self.ssh_public_key is None) == (self.keypair_name is None):
+            problems.append(
+                "set exactly one of sshPublicKey (a new keypair) and keypairName (an existing one)"
+            )
+        if (
+            self.network.existing is None
+            and self.reach.floating_ip_pool
+            and not self.network.external_network
+        ):
+            problems.append("network.externalNetwork is required to route floating IPs to a created network")
+        if self.backup.target != BackupTarget.none and self.restic_password is None:
+            problems.append(
+                "backup.target needs resticPassword: pulumi config set --secret resticPassword ..."
+            )
+        if self.oauth_client_secret is None:
+            problems.append("oauthClientSecret is required: pulumi config set --secret oauthClientSecret ...")
+        if self.cookie_secret is not None and len(self.cookie_secret.get_secret_value()) not in (16, 24, 32):
+            problems.append("cookieSecret must be 16, 24 or 32 bytes; leave it unset to have one generated")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+def _format(error: dict[str, Any]) -> str:
+    loc = ".".join(str(p) for p in error["loc"])
+    key = f"{NAMESPACE}:{loc}" if loc else f"{NAMESPACE} (stack config)"
+    message = error["msg"].removeprefix("Value error, ")
+    given = error.get("input")
+    shown = (
+        ""
+        if isinstance(given, dict) or error["type"] == "missing" or "secret" in loc.lower()
+        else f" (got {given!r})"
+    )
+    if repr(given) in message:
+        shown = ""
+    if error["type"] == "missing":
+        message = "is required"
+    elif error["type"] == "extra_forbidden":
+        message = "is not a known setting; check its spelling against stacks/Pulumi.example.yaml"
+    return f"{key}: {message}{shown}"
+
+
+def parse(raw: dict[str, Any], secret_keys: set[str] | None = None) -> StackConfig:
+    """Validate a stack's settings ({camelCase key: value}); raise ConfigError listing every problem.
+
+    ``secret_keys``, when given, are the keys Pulumi holds encrypted: a secret setting given in
+    plain text is refused, so it cannot leak through the stack file or `pulumi config`.
+    """
+    problems = []
+    if secret_keys is not None:
+        for key in SECRET_KEYS:
+            if key in raw and key not in secret_keys:
+                problems.append(
+                    f"{NAMESPACE}:{key}: must be a secret; fix: pulumi config set --secret {key} ..."
+                )
+    values = {}
+    for key, value in raw.items():
+        if isinstance(value, str) and value[:1] in "{[" and key not in SECRET_KEYS:
+            try:
+                value = json.loads(value)  # Pulumi hands structured config to programs as JSON
+            except json.JSONDecodeError:
+                problems.append(f"{NAMESPACE}:{key}: is not valid JSON/YAML structure")
+                continue
+        values[key] = value
+    try:
+        config = StackConfig.model_validate(values)
+    except ValidationError as exc:
+        problems.extend(_format(e) for e in exc.errors(include_url=False))
+        config = None
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def from_pulumi() -> StackConfig:
+    """Read and validate the `llmcloud:` namespace of the current stack."""
+    from pulumi.runtime import config as runtime_config
+
+    prefix = f"{NAMESPACE}:"
+    merged = {**runtime_config.get_config_env(), **runtime_config.CONFIG.get()}
+    raw = {k[len(prefix) :]: v for k, v in merged.items() if k.startswith(prefix)}
+    secret = {k for k in raw if runtime_config.is_config_secret(prefix + k)}
+    secret |= {k[len(prefix) :] for k in runtime_config.get_config_secret_keys_env() if k.startswith(prefix)}
+    return parse(raw, secret)

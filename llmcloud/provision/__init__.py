@@ -1,0 +1,10 @@
+"""OpenStack provisioning with Pulumi: one ComponentResource per concern.
+
+`program()` in program.py wires them together; `__main__.py` only calls it, so tests can run it
+under Pulumi mocks.
+"""
+
+#: The port the inference engine listens on, on the private network of an engine VM.
+ENGINE_PORT = 8080
+#: Where the data volume (model cache) is mounted on engine VMs.
+DATA_MOUNT = "/srv/llmcloud"

@@ -1,0 +1,137 @@
+"""Configure on `pulumi up`: wait for the VMs, run site.yml, run the testinfra checks.
+
+A Pulumi dynamic resource whose only input that matters is a digest of the inventory, the role tree
+and the vars: when any of them changes, the next `pulumi up` converges again. Clients are created in
+create()/update(), never in __init__, because Pulumi pickles the provider.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+from typing import Any
+
+import pulumi
+from pulumi.dynamic import CreateResult, DiffResult, Resource, ResourceProvider, UpdateResult
+
+from llmcloud import REPO_ROOT
+
+CLOUD_INIT_MARKER = "/var/lib/llmcloud/cloud-init.done"
+
+
+class ConfigureError(Exception):
+    """Shown by Pulumi as the resource's failure: the cause in one line, no traceback needed."""
+
+
+def tree_digest(*paths: Path) -> str:
+    """A digest of every file under ``paths`` (names and contents), in a stable order."""
+    digest = hashlib.sha256()
+    for root in paths:
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+        for path in files:
+            if "__pycache__" in path.parts:
+                continue
+            digest.update(str(path.relative_to(REPO_ROOT)).encode() + b"\0")
+            digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def configuration_digest(rendered: dict[str, str], secrets: dict[str, str]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(rendered):
+        digest.update(name.encode() + b"\0" + rendered[name].encode() + b"\0")
+    for key in sorted(secrets):
+        digest.update(key.encode() + b"\0" + hashlib.sha256(secrets[key].encode()).digest())
+    digest.update(tree_digest(REPO_ROOT / "roles", REPO_ROOT / "site.yml").encode())
+    return digest.hexdigest()
+
+
+def _connection(address: str, port: int, user: str, key_file: str | None, proxy_jump: str | None):
+    """A fabric connection, through each hop of an OpenSSH-style ProxyJump chain."""
+    from fabric import Connection
+
+    gateway = None
+    for hop in (proxy_jump or "").split(","):
+        if not hop:
+            continue
+        hop_user, _, hop_host = hop.rpartition("@")
+        hop_host, _, hop_port = hop_host.partition(":")
+        gateway = Connection(hop_host, user=hop_user or None, port=int(hop_port or 22), gateway=gateway)
+    kwargs = {"key_filename": key_file} if key_file else {}
+    return Connection(
+        address, user=user, port=port, gateway=gateway, connect_kwargs=kwargs, connect_timeout=15
+    )
+
+
+def wait_for_host(host: dict[str, Any], user: str, key_file: str | None, timeout: float) -> None:
+    """Wait until SSH answers and cloud-init has finished, or fail naming the host and the cause."""
+    deadline = time.monotonic() + timeout
+    last_error = "no answer"
+    while time.monotonic() < deadline:
+        conn = _connection(host["address"], host["port"], user, key_file, host.get("proxy_jump"))
+        try:
+            result = conn.run("cloud-init status --wait", hide=True, warn=True, timeout=max(60, timeout))
+            if result.exited not in (0, 2):  # 2: done with recoverable errors
+                raise ConfigureError(f"{host['name']}: cloud-init failed: {result.stdout.strip()[-300:]}")
+            if conn.run(f"test -f {CLOUD_INIT_MARKER}", hide=True, warn=True).exited != 0:
+                raise ConfigureError(
+                    f"{host['name']}: cloud-init finished without {CLOUD_INIT_MARKER}; "
+                    "see /var/log/cloud-init-output.log on the VM"
+                )
+            return
+        except ConfigureError:
+            raise
+        except Exception as exc:  # SSH not up yet: keep waiting
+            last_error = f"{type(exc).__name__}: {exc}"
+            time.sleep(10)
+        finally:
+            conn.close()
+    raise ConfigureError(f"{host['name']}: SSH not ready after {timeout:.0f}s ({last_error})")
+
+
+class ConfigureProvider(ResourceProvider):
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        self._run(props)
+        return CreateResult(id_=f"configure-{props['digest'][:16]}", outs=props)
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        changed = any(olds.get(k) != news.get(k) for k in ("digest", "verify", "inventory_dir"))
+        return DiffResult(changes=changed, replaces=[], stables=[], delete_before_replace=False)
+
+    def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        self._run(news)
+        return UpdateResult(outs=news)
+
+    def delete(self, _id: str, _props: dict[str, Any]) -> None:
+        """Nothing to undo: the VMs it configured are deleted by their own resources."""
+
+    @staticmethod
+    def _run(props: dict[str, Any]) -> None:
+        from llmcloud import converge, verify
+        from llmcloud.progress import Progress
+
+        inventory_dir = Path(props["inventory_dir"])
+        progress = Progress("configure")
+        with progress.step("wait for SSH and cloud-init"):
+            for host in props["hosts"]:
+                wait_for_host(host, props["ssh_user"], props.get("ssh_key_file"), float(props["timeout"]))
+        result = converge.converge(inventory_dir, progress)
+        if not result.ok:
+            first = result.failures[0] if result.failures else f"ansible-runner status {result.status}"
+            raise ConfigureError(
+                f"site.yml failed: {first} (re-run: ansible-playbook -i {inventory_dir} site.yml)"
+            )
+        if props.get("verify") and verify.verify(inventory_dir) != 0:
+            raise ConfigureError(
+                f"post-deploy checks failed: run `make verify INVENTORY={inventory_dir}` for details"
+            )
+
+
+class Configure(Resource):
+    """Runs Ansible and the checks against the stack's inventory whenever its digest changes."""
+
+    digest: pulumi.Output[str]
+
+    def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None):
+        super().__init__(ConfigureProvider(), name, props, opts)

@@ -1,0 +1,139 @@
+"""A VM of the stack: its port, instance, optional data volume and optional floating IP."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jinja2
+import pulumi
+import pulumi_openstack as openstack
+
+from llmcloud import REPO_ROOT
+from llmcloud.config import Node as NodeConfig
+from llmcloud.provision import DATA_MOUNT
+
+
+@dataclass(frozen=True)
+class DataVolume:
+    size: int
+    volume_type: str | None
+    #: False: `pulumi destroy` refuses to delete it (protect), so data survives a teardown.
+    allow_data_loss: bool
+
+
+def data_device(volume_id: str) -> str:
+    """Where a virtio volume appears on the guest: its id, cut to 20 characters by the virtio serial."""
+    return f"/dev/disk/by-id/virtio-{volume_id[:20]}"
+
+
+def render_user_data(stack: str, hostname: str, deploy_public_key: str, volume_id: str | None) -> str:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(REPO_ROOT / "templates")),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+    )
+    return env.get_template("cloud-init/user-data.yaml.j2").render(
+        stack=stack,
+        hostname=hostname,
+        deploy_public_key=deploy_public_key,
+        data_device=data_device(volume_id) if volume_id else None,
+        data_mount=DATA_MOUNT,
+    )
+
+
+def find_image(cfg: NodeConfig, parent: pulumi.Resource) -> pulumi.Output[str]:
+    opts = pulumi.InvokeOptions(parent=parent)
+    if cfg.image:
+        return openstack.images.get_image_output(name=cfg.image, most_recent=True, opts=opts).id
+    return openstack.images.get_image_output(name_regex=cfg.image_pattern, most_recent=True, opts=opts).id
+
+
+class Node(pulumi.ComponentResource):
+    private_ip: pulumi.Output[str]
+    public_ip: pulumi.Output[str] | None
+    instance: openstack.compute.Instance
+    volume: openstack.blockstorage.Volume | None
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        stack: str,
+        cfg: NodeConfig,
+        network_id: pulumi.Input[str],
+        security_group_ids: list[pulumi.Input[str]],
+        keypair_name: pulumi.Input[str],
+        deploy_public_key: pulumi.Input[str],
+        floating_ip_pool: str | None,
+        data_volume: DataVolume | None = None,
+        role: str,
+        opts: pulumi.ResourceOptions | None = None,
+    ):
+        super().__init__("llmcloud:provision:Node", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        image_id = find_image(cfg, self)
+        port = openstack.networking.Port(
+            f"{name}-port",
+            name=f"{name}-port",
+            network_id=network_id,
+            security_group_ids=security_group_ids,
+            admin_state_up=True,
+            opts=child,
+        )
+        boot = openstack.compute.InstanceBlockDeviceArgs(
+            source_type="image",
+            uuid=image_id,
+            boot_index=0,
+            destination_type="volume" if cfg.boot_volume_size else "local",
+            volume_size=cfg.boot_volume_size,
+            delete_on_termination=True,
+        )
+        block_devices = [boot]
+        self.volume = None
+        volume_id: pulumi.Input[str | None] = None
+        if data_volume is not None:
+            self.volume = openstack.blockstorage.Volume(
+                f"{name}-data",
+                name=f"{name}-data",
+                size=data_volume.size,
+                volume_type=data_volume.volume_type,
+                description=f"llmcloud {stack}: model cache of {name}, kept when the VM is replaced",
+                opts=pulumi.ResourceOptions(parent=self, protect=not data_volume.allow_data_loss),
+            )
+            volume_id = self.volume.id
+            # Attached at boot, so cloud-init finds it; kept when the VM is deleted.
+            block_devices.append(
+                openstack.compute.InstanceBlockDeviceArgs(
+                    source_type="volume",
+                    destination_type="volume",
+                    uuid=self.volume.id,
+                    boot_index=-1,
+                    delete_on_termination=False,
+                )
+            )
+        user_data = pulumi.Output.all(deploy_public_key, volume_id).apply(
+            lambda args: render_user_data(stack, name, args[0], args[1])
+        )
+        self.instance = openstack.compute.Instance(
+            name,
+            name=name,
+            flavor_name=cfg.flavor,
+            image_id=image_id,
+            key_pair=keypair_name,
+            networks=[openstack.compute.InstanceNetworkArgs(port=port.id)],
+            block_devices=block_devices,
+            user_data=user_data,
+            metadata={"llmcloud-stack": stack, "llmcloud-role": role},
+            opts=child,
+        )
+        self.private_ip = port.all_fixed_ips[0]
+        self.public_ip = None
+        if floating_ip_pool:
+            fip = openstack.networking.FloatingIp(
+                f"{name}-fip", pool=floating_ip_pool, description=f"llmcloud {stack}: {name}", opts=child
+            )
+            openstack.networking.FloatingIpAssociate(
+                f"{name}-fip-assoc", floating_ip=fip.address, port_id=port.id, opts=child
+            )
+            self.public_ip = fip.address
+        self.register_outputs({"private_ip": self.private_ip, "public_ip": self.public_ip})

@@ -1,0 +1,191 @@
+"""The stack schema: good stacks parse, and every bad setting is refused with its key named."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from llmcloud import REPO_ROOT
+from llmcloud.config import ConfigError, StackConfig, parse
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHk3sT2nqYw2ygq2aBQ7KJ5Jc8LkQn3d9bVhW8n5Yx1k alice@laptop"
+BASE = {
+    "adminCidrs": ["192.0.2.0/24"],
+    "domain": "llm.example.org",
+    "sshPublicKey": KEY,
+    "reach": {"floatingIpPool": "public"},
+    "auth": {"provider": "lifescience", "clientId": "abc", "allowedEmailDomains": ["example.org"]},
+    "tls": {"acmeEmail": "admin@example.org"},
+    "oauthClientSecret": "s3cret",
+}
+
+
+def with_(**changes) -> dict:
+    raw = copy.deepcopy(BASE)
+    for dotted, value in changes.items():
+        path = dotted.split("__")
+        node = raw
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        if value is DELETE:
+            node.pop(path[-1], None)
+        else:
+            node[path[-1]] = value
+    return raw
+
+
+DELETE = object()
+
+
+def test_minimal_stack_gets_denbi_defaults():
+    cfg = parse(BASE)
+    assert cfg.topology == "single"
+    assert cfg.engine_node.flavor == "de.NBI GPU T4 medium"
+    assert cfg.engine_node.image_pattern == r"^Ubuntu-24\.04-.*-gpu$"
+    assert cfg.engine.kind == "tgi"
+    assert cfg.auth.issuer == "https://login.aai.lifescience-ri.eu/oidc/"
+    assert cfg.allow_data_loss is False
+    assert cfg.configure is True
+
+
+def test_secrets_are_never_shown():
+    cfg = parse(BASE)
+    assert "s3cret" not in repr(cfg)
+    assert "s3cret" not in str(cfg.model_dump())
+    assert cfg.oauth_client_secret.get_secret_value() == "s3cret"
+
+
+def test_structured_values_arrive_as_json_from_pulumi():
+    raw = with_(reach='{"jumpHost": "alice@jump.example.org"}', topology="split", replicas=2)
+    cfg = parse(raw)
+    assert cfg.reach.jump_host == "alice@jump.example.org"
+    assert cfg.replicas == 2
+
+
+@pytest.mark.parametrize("path", sorted((REPO_ROOT / "stacks").glob("Pulumi.*.yaml")), ids=lambda p: p.name)
+def test_example_stacks_are_valid(path: Path):
+    doc = yaml.safe_load(path.read_text())["config"]
+    raw = {}
+    for key, value in doc.items():
+        assert key.startswith("llmcloud:") or key.startswith("openstack:"), key
+        if key.startswith("llmcloud:"):
+            raw[key.split(":", 1)[1]] = value
+    # Secrets are set with `pulumi config set --secret`, never in the file: stand in for them here.
+    raw.setdefault("oauthClientSecret", "placeholder")
+    raw.setdefault("resticPassword", "placeholder")
+    parse(raw, secret_keys={"oauthClientSecret", "resticPassword"})
+
+
+BAD = [
+    # (changes, key named in the error)
+    ({"adminCidrs": []}, "llmcloud:adminCidrs"),
+    ({"adminCidrs": ["10.0.0.300/24"]}, "llmcloud:adminCidrs"),
+    ({"adminCidrs": ["10.0.0.1"]}, "llmcloud:adminCidrs"),
+    ({"adminCidrs": ["0.0.0.0/0"]}, "allowSshFromWorld"),
+    ({"adminCidrs": ["::/0"]}, "allowSshFromWorld"),
+    ({"engineNode": {"flavor": ""}}, "llmcloud:engineNode.flavor"),
+    ({"engineNode": {"image": "Ubuntu-24.04"}}, "llmcloud:engineNode"),  # both name and pattern set
+    ({"engineNode": {"imagePattern": "Ubuntu-(24"}}, "llmcloud:engineNode.imagePattern"),
+    ({"edgeNode": {"image": None, "imagePattern": None}}, "llmcloud:edgeNode"),
+    ({"engineNode": {"dataVolumeSize": 5}}, "llmcloud:engineNode.dataVolumeSize"),
+    ({"engineNode": {"bootVolumeSize": 5000}}, "llmcloud:engineNode.bootVolumeSize"),
+    ({"replicas": 0}, "llmcloud:replicas"),
+    ({"replicas": 3}, "topology split"),
+    ({"topology": "triple"}, "llmcloud:topology"),
+    ({"domain": "not a domain"}, "llmcloud:domain"),
+    ({"domain": "LLM.Example.org"}, "llmcloud:domain"),
+    ({"tls": {"acmeEmail": "admin-at-example.org"}}, "llmcloud:tls.acmeEmail"),
+    ({"tls": {"mode": "acme_dns01", "acmeEmail": None}}, "llmcloud:tls"),
+    ({"tls": {"mode": "external"}}, "trustedProxies"),
+    ({"tls": {"mode": "external", "trustedProxies": ["lb"]}}, "llmcloud:tls.trustedProxies"),
+    ({"engine": {"kind": "llamacpp"}}, "llmcloud:engine.kind"),
+    ({"engine": {"kind": "tgi", "modelId": "just-a-name"}}, "llmcloud:engine"),
+    ({"engine": {"kind": "ollama", "modelId": "Qwen/Qwen 2"}}, "llmcloud:engine"),
+    ({"engine": {"maxInputTokens": 4096, "maxTotalTokens": 2048}}, "maxInputTokens"),
+    ({"auth": {"provider": "keycloak", "clientId": "x"}}, "llmcloud:auth.provider"),
+    ({"auth": {"provider": "oidc", "clientId": "x", "allowedEmailDomains": ["*"]}}, "issuerUrl"),
+    (
+        {"auth": {"provider": "oidc", "clientId": "x", "issuerUrl": "http://kc/realms/a"}},
+        "llmcloud:auth.issuerUrl",
+    ),
+    ({"auth": {"provider": "github", "clientId": "x"}}, "githubOrg"),
+    ({"auth": {"provider": "lifescience", "clientId": None}}, "clientId"),
+    ({"auth": {"provider": "lifescience", "allowedEmailDomains": []}}, "nobody is allowed in"),
+    ({"auth": {"clientId": "x", "allowedEmails": ["bob"]}}, "llmcloud:auth.allowedEmails"),
+    (
+        {"auth": {"clientId": "x", "allowedEmailDomains": ["exa mple.org"]}},
+        "llmcloud:auth.allowedEmailDomains",
+    ),
+    ({"backup": {"target": "s3"}}, "llmcloud:backup.target"),
+    ({"backup": {"target": "manila"}}, "resticPassword"),
+    ({"backup": {"target": "swift", "keepDaily": 0, "keepWeekly": 0, "keepMonthly": 0}}, "llmcloud:backup"),
+    ({"backup": {"size": 0}}, "llmcloud:backup.size"),
+    ({"reach": {"floatingIpPool": None}}, "floatingIpPool"),
+    ({"reach": {"jumpHost": "jump.example.org"}}, "llmcloud:reach.jumpHost"),
+    ({"network": {"cidr": "10.42.0.0/33"}}, "llmcloud:network.cidr"),
+    ({"network": {"cidr": "8.8.8.0/24"}}, "llmcloud:network.cidr"),
+    ({"network": {"dnsNameservers": ["dns.example.org"]}}, "llmcloud:network.dnsNameservers"),
+    ({"network": {"externalNetwork": None}}, "externalNetwork"),
+    ({"sshPublicKey": "not-a-key"}, "llmcloud:sshPublicKey"),
+    ({"keypairName": "mine"}, "exactly one of sshPublicKey"),
+    ({"namePrefix": "LLM_"}, "llmcloud:namePrefix"),
+    ({"oauthClientSecret": DELETE}, "oauthClientSecret"),
+    ({"cookieSecret": "short"}, "cookieSecret"),
+    ({"domian": "llm.example.org"}, "llmcloud:domian: is not a known setting"),
+    ({"domain": DELETE}, "llmcloud:domain: is required"),
+]
+
+
+@pytest.mark.parametrize(("changes", "named"), BAD, ids=[str(i) for i in range(len(BAD))])
+def test_bad_setting_is_refused_naming_the_key(changes, named):
+    raw = copy.deepcopy(BASE)
+    for key, value in changes.items():
+        if value is DELETE:
+            raw.pop(key)
+        elif isinstance(value, dict) and isinstance(raw.get(key), dict):
+            raw[key] = {**raw[key], **value}
+        else:
+            raw[key] = value
+    with pytest.raises(ConfigError) as err:
+        parse(raw)
+    assert named in str(err.value), str(err.value)
+
+
+def test_all_problems_are_reported_at_once():
+    raw = {**BASE, "replicas": 0, "domain": "x", "adminCidrs": ["nope"]}
+    with pytest.raises(ConfigError) as err:
+        parse(raw)
+    assert len(err.value.problems) == 3
+
+
+def test_bad_value_is_shown_but_a_secret_never():
+    with pytest.raises(ConfigError) as err:
+        parse({**BASE, "engineNode": {"dataVolumeSize": 5}, "cookieSecret": "tiny-secret-value"})
+    text = str(err.value)
+    assert "(got 5)" in text
+    assert "tiny-secret-value" not in text
+
+
+def test_plain_text_secret_is_refused():
+    with pytest.raises(ConfigError) as err:
+        parse(BASE, secret_keys=set())
+    assert "llmcloud:oauthClientSecret: must be a secret" in str(err.value)
+    assert parse(BASE, secret_keys={"oauthClientSecret"})
+
+
+def test_schema_is_the_one_source_of_settings():
+    # Every setting the example stack documents exists in the schema, and the reverse for top-level keys.
+    example = yaml.safe_load((REPO_ROOT / "stacks" / "Pulumi.example.yaml").read_text())["config"]
+    documented = {k.split(":", 1)[1] for k in example if k.startswith("llmcloud:")}
+    fields = {f.alias or name for name, f in StackConfig.model_fields.items()}
+    assert documented <= fields
+    assert fields - documented <= {
+        "cookieSecret",
+        "hfToken",
+        "resticPassword",
+        "oauthClientSecret",
+        "keypairName",
+    }

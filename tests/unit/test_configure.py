@@ -1,0 +1,130 @@
+"""The configure-on-up resource, called directly as Pulumi's engine would."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from llmcloud import converge, verify
+from llmcloud.provision import configure
+from llmcloud.provision.configure import ConfigureError, ConfigureProvider
+
+PROPS = {
+    "digest": "a" * 64,
+    "inventory_dir": "/nonexistent/inventory/test",
+    "hosts": [{"name": "llm1", "address": "10.0.0.5", "port": 22, "proxy_jump": "alice@jump.example.org"}],
+    "ssh_user": "deploy",
+    "ssh_key_file": None,
+    "timeout": 5,
+    "verify": True,
+}
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """Replace SSH, Ansible and testinfra with recorders; tests set what they answer."""
+    record = {"waited": [], "converged": 0, "verified": 0, "converge_result": None, "verify_rc": 0}
+
+    def fake_converge(inventory_dir, progress, **_):
+        record["converged"] += 1
+        return record["converge_result"] or converge.ConvergeResult(status="successful", rc=0)
+
+    def fake_verify(inventory_dir, extra=None):
+        record["verified"] += 1
+        return record["verify_rc"]
+
+    monkeypatch.setattr(configure, "wait_for_host", lambda host, *a: record["waited"].append(host["name"]))
+    monkeypatch.setattr(converge, "converge", fake_converge)
+    monkeypatch.setattr(verify, "verify", fake_verify)
+    return record
+
+
+def test_provider_pickles_without_clients():
+    # Pulumi pickles the provider into the resource's state: it must hold no connections.
+    assert pickle.loads(pickle.dumps(ConfigureProvider())).__class__ is ConfigureProvider
+
+
+def test_create_waits_converges_and_verifies(calls):
+    result = ConfigureProvider().create(dict(PROPS))
+    assert calls["waited"] == ["llm1"]
+    assert (calls["converged"], calls["verified"]) == (1, 1)
+    assert result.id == "configure-" + "a" * 16
+    assert result.outs["digest"] == PROPS["digest"]
+
+
+def test_failed_playbook_surfaces_the_ansible_error(calls):
+    calls["converge_result"] = converge.ConvergeResult(
+        status="failed", rc=2, failures=["llm1: Install packages: No package matching 'nvidia-driver'"]
+    )
+    with pytest.raises(ConfigureError) as err:
+        ConfigureProvider().create(dict(PROPS))
+    assert "No package matching 'nvidia-driver'" in str(err.value)
+    assert "ansible-playbook -i /nonexistent/inventory/test site.yml" in str(err.value)
+    assert calls["verified"] == 0
+
+
+def test_failed_checks_fail_the_resource(calls):
+    calls["verify_rc"] = 1
+    with pytest.raises(ConfigureError, match="post-deploy checks failed"):
+        ConfigureProvider().create(dict(PROPS))
+
+
+def test_verify_switch(calls):
+    ConfigureProvider().create({**PROPS, "verify": False})
+    assert calls["verified"] == 0
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [({}, False), ({"digest": "b" * 64}, True), ({"verify": False}, True), ({"timeout": 99}, False)],
+)
+def test_diff_follows_the_digest(change, expected):
+    diff = ConfigureProvider().diff("id", dict(PROPS), {**PROPS, **change})
+    assert diff.changes is expected
+    assert not diff.replaces
+
+
+def test_update_runs_again(calls):
+    ConfigureProvider().update("id", dict(PROPS), {**PROPS, "digest": "b" * 64})
+    assert calls["converged"] == 1
+
+
+def test_digest_changes_with_inventory_roles_and_secrets(tmp_path, monkeypatch):
+    base = configure.configuration_digest({"hosts.yml": "a"}, {"pw": "x"})
+    assert base == configure.configuration_digest({"hosts.yml": "a"}, {"pw": "x"})
+    assert base != configure.configuration_digest({"hosts.yml": "b"}, {"pw": "x"})
+    assert base != configure.configuration_digest({"hosts.yml": "a"}, {"pw": "y"})
+    (tmp_path / "roles").mkdir()
+    (tmp_path / "roles" / "x.yml").write_text("1")
+    (tmp_path / "site.yml").write_text("- hosts: all\n")
+    monkeypatch.setattr(configure, "REPO_ROOT", tmp_path)
+    before = configure.configuration_digest({}, {})
+    (tmp_path / "roles" / "x.yml").write_text("2")
+    assert configure.configuration_digest({}, {}) != before
+
+
+def test_wait_for_host_gives_up_naming_the_host(monkeypatch):
+    class Refused:
+        def __init__(self, *a, **k):
+            pass
+
+        def run(self, *a, **k):
+            raise ConnectionRefusedError("connection refused")
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(configure, "_connection", lambda *a: Refused())
+    monkeypatch.setattr(configure.time, "sleep", lambda s: None)
+    with pytest.raises(ConfigureError, match=r"llm1: SSH not ready after 0s \(ConnectionRefusedError"):
+        configure.wait_for_host({"name": "llm1", "address": "x", "port": 22}, "deploy", None, 0.05)
+
+
+def test_jump_chain_becomes_nested_gateways():
+    conn = configure._connection(
+        "10.0.0.5", 22, "deploy", None, "alice@jump.example.org:2222,deploy@10.0.0.10"
+    )
+    assert (conn.host, conn.user) == ("10.0.0.5", "deploy")
+    assert (conn.gateway.host, conn.gateway.user) == ("10.0.0.10", "deploy")
+    assert (conn.gateway.gateway.host, conn.gateway.gateway.port) == ("jump.example.org", 2222)
