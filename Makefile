@@ -10,7 +10,7 @@ LOCAL_ARGS ?=
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv local up converge verify status down lint unit integration test bench
+.PHONY: help venv local up converge verify status down lint unit molecule integration test bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -53,12 +53,18 @@ lint: venv ## ruff, yamllint, ansible-lint (production profile)
 unit: venv ## fast tests, no Docker needed
 	$(BIN)/pytest tests/unit
 
+molecule: venv ## each role on its own with Molecule: create, converge, idempotence, verify, destroy
+	@image=$$($(BIN)/llmcloud local image) && for role in roles/*/; do \
+	  if [ -d $$role/molecule ]; then (cd $$role && LLMCLOUD_BASE_IMAGE=$$image $(CURDIR)/$(BIN)/molecule test) || exit 1; fi; \
+	done
+
 integration: venv ## both topologies on fresh local hosts, idempotence, testinfra; always torn down
 	$(BIN)/pytest -m integration tests/integration
 
 test: venv ## lint, unit and integration: the command CI runs
 	$(MAKE) lint
 	$(MAKE) unit
+	$(MAKE) molecule
 	$(MAKE) integration
 
 bench: venv ## print timings: cold/warm make local, no-op converge, make test

@@ -56,6 +56,7 @@ def parser() -> argparse.ArgumentParser:
     down = lsub.add_parser("down", help="remove the hosts, network, volumes and inventory of a stack")
     _stack_args(down)
     down.add_argument("--purge-image", action="store_true", help="also remove the cached base image")
+    lsub.add_parser("image", help="build the base image if needed; print its reference")
     status = lsub.add_parser("status", help="show the hosts of a stack")
     _stack_args(status)
     status.add_argument("--json", action="store_true", help="machine-readable output")
@@ -127,6 +128,12 @@ def _dispatch(args) -> int:
     if args.command == "verify":
         return verify.verify(args.inventory)
 
+    if args.action == "image":
+        from llmcloud.local import image, system
+
+        progress = Progress("base image")
+        print(image.ensure(system.docker_client(), progress))
+        return 0
     stack = _local_stack(args)
     if args.action == "status":
         status = stack.status()

@@ -65,8 +65,12 @@ def docker_client():
         client = docker.from_env(timeout=300)
         client.ping()
         return client
-    except DockerException:
-        pass
+    except DockerException as exc:
+        if "Permission denied" in str(exc):
+            raise UserError(
+                "the Docker engine runs, but this user may not use it (permission denied on its socket)",
+                "run as root, or `sudo usermod -aG docker $USER` and log in again",
+            ) from None
     ensure_packages({"dockerd": "docker.io"})
     _start_dockerd()
     deadline = time.monotonic() + 60

@@ -73,6 +73,19 @@ def test_second_converge_with_plain_ansible_playbook_changes_nothing(deployed):
     assert not not_idempotent, f"second converge changed something: {not_idempotent}\n{run.stdout[-4000:]}"
 
 
+def test_converge_restores_a_firewall_changed_by_hand(deployed):
+    stack, _ = deployed
+    host = stack.hosts()[-1][0]
+    container = system.docker_client().containers.get(stack.container_name(host))
+    hole = ["nft", "insert", "rule", "inet", "llmcloud_filter", "input", "tcp", "dport", "47813", "accept"]
+    assert container.exec_run(hole).exit_code == 0
+    result = converge.converge(stack.inventory_dir, Progress("repair"))
+    assert result.ok, result.failures
+    assert result.changed().get(host), "converge did not notice the changed firewall"
+    live = container.exec_run(["nft", "list", "chain", "inet", "llmcloud_filter", "input"]).output.decode()
+    assert "47813" not in live
+
+
 def test_testinfra_suite_passes(deployed):
     stack, _ = deployed
     assert verify.verify(stack.inventory_dir) == 0
