@@ -9,6 +9,7 @@ llmcloud verify   [-i inventory/<stack>]
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -74,17 +75,15 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _local_stack(args):
+    """The stack as it was brought up (its state file), with the flags given now on top."""
     from llmcloud.local.stack import load
 
     stack = load(args.stack, args.inventory_root)
-    for key in ("topology", "engines", "ssh_port", "http_port", "https_port"):
-        value = getattr(args, key, None)
-        if value is not None:
-            setattr(stack, key, value)
-    if getattr(args, "topology", None) == "single" and args.engines is None:
-        stack.engines = 1
-    stack.__post_init__()  # validate the merged settings
-    return stack
+    keys = ("topology", "engines", "ssh_port", "http_port", "https_port")
+    overrides = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+    if overrides.get("topology") == "single" and "engines" not in overrides:
+        overrides["engines"] = 1
+    return dataclasses.replace(stack, **overrides)  # re-validates the merged settings
 
 
 def _print_summary(status: dict) -> None:
@@ -137,8 +136,9 @@ def _dispatch(args) -> int:
     stack = _local_stack(args)
     if args.action == "status":
         status = stack.status()
-        print(json.dumps(status, indent=2) if args.json else "", end="\n" if args.json else "")
-        if not args.json:
+        if args.json:
+            print(json.dumps(status, indent=2))
+        else:
             _print_summary(status)
         return 0
     if args.action == "down":

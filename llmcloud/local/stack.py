@@ -189,7 +189,8 @@ class LocalStack:
                 raise UserError(
                     f"stack {self.name!r} is already up with topology "
                     f"{c.labels.get('llmcloud.topology')!r}, not {self.topology!r}",
-                    f"run `llmcloud local down --stack {self.name}` first, or pick another --stack",
+                    f"keep --topology {c.labels.get('llmcloud.topology')} (make: TOPOLOGY=...), "
+                    f"or run `llmcloud local down --stack {self.name}` first",
                 )
         planned = {self.container_name(n) for n, _ in self.hosts()}
         extra = [
@@ -328,8 +329,9 @@ class LocalStack:
 
     def status(self) -> dict:
         client = system.docker_client()
-        hosts = []
+        hosts, topology = [], None
         for c in client.containers.list(all=True, filters={"label": f"{LABEL}={self.name}"}):
+            topology = c.labels.get("llmcloud.topology")
             ports = {k: f"{v[0]['HostIp']}:{v[0]['HostPort']}" for k, v in (c.ports or {}).items() if v}
             hosts.append(
                 {
@@ -342,8 +344,7 @@ class LocalStack:
         state_path = self.inventory_dir / STATE_FILE
         return {
             "stack": self.name,
-            "topology": hosts
-            and client.containers.get(hosts[0]["container"]).labels.get("llmcloud.topology"),
+            "topology": topology,
             "inventory": str(self.inventory_dir) if state_path.is_file() else None,
             "ssh_config": str(self.inventory_dir / "ssh_config") if state_path.is_file() else None,
             "hosts": sorted(hosts, key=lambda h: h["host"] or ""),
