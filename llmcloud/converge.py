@@ -87,6 +87,10 @@ def converge(
             event_handler=on_event,
         )
         result.status, result.rc = runner.status, runner.rc
+        if not result.ok and not result.failures:
+            # No task failed: Ansible stopped before any (syntax, inventory). Its own words say why.
+            tail = [line for line in runner.stdout.read().splitlines() if line.strip()][-6:]
+            result.failures.append(" | ".join(tail) or f"ansible-runner status {runner.status}")
         result.stats = {k: v for k, v in (runner.stats or {}).items() if isinstance(v, dict)}
     finally:
         shutil.rmtree(private_dir, ignore_errors=True)

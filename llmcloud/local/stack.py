@@ -15,7 +15,7 @@ from pathlib import Path
 from llmcloud import REPO_ROOT, inventory
 from llmcloud.errors import UserError
 from llmcloud.keys import ensure_ed25519
-from llmcloud.local import image, system
+from llmcloud.local import engine_double, image, system
 from llmcloud.progress import Progress
 
 LABEL = "llmcloud.stack"
@@ -140,6 +140,8 @@ class LocalStack:
         self._refuse_other_topology(client)
         with progress.step("base image (Debian 12 + systemd, debootstrap)"):
             ref = image.ensure(client, progress)
+        with progress.step("engine TEST DOUBLE image (tests/fixtures/engine-double)"):
+            self._double = engine_double.ensure(client, progress, REPO_ROOT / ".cache" / "images")
         ssh_dir = self.inventory_dir / "ssh"
         with progress.step("SSH keys"):
             deploy_pub = ensure_ed25519(ssh_dir / "deploy_ed25519", f"deploy@llmcloud-{self.name}")
@@ -167,7 +169,10 @@ class LocalStack:
                 self._wait_ready(container, name)
         inv = self._inventory(client, network, containers, host_keys)
         with progress.step(f"inventory {self._display(self.inventory_dir)}"):
-            inventory.write(inv, self.inventory_dir)
+            # A stand-in token: the checks prove it never shows in `docker inspect` or to other users.
+            inventory.write(
+                inv, self.inventory_dir, {"llm_engine_hf_token": f"hf_local_{self.name}_not_a_token"}
+            )
             (self.inventory_dir / STATE_FILE).write_text(json.dumps(self._state(), indent=2) + "\n")
         return inv
 
@@ -307,6 +312,15 @@ class LocalStack:
                 "admin_cidrs": [f"{gateway}/32"],
                 # A container must not steer the clock of the machine it runs on.
                 "common_timesync_set_clock": False,
+                "nvidia_required": False,
+                # The engine TEST DOUBLE: selected only by local and test inventories, delivered like an
+                # air-gapped image. It speaks TGI's flags and routes; it is not a model.
+                "container_images_preload": [{"path": str(self._double[1]), "name": self._double[0]}],
+                "llm_engine_kind": "tgi",
+                "llm_engine_image": self._double[0],
+                "llm_engine_model_id": "llmcloud/engine-test-double",
+                "llm_engine_healthcheck_test": ["CMD", "/engine-double", "-healthcheck", "--port", "80"],
+                "llm_engine_health_timeout": 300,
             },
         )
 
