@@ -91,12 +91,19 @@ def _print_summary(status: dict) -> None:
     for host in status["hosts"]:
         ports = ", ".join(f"{k}→{v}" for k, v in sorted(host["ports"].items()))
         print(f"  {host['host']:<8} {host['state']:<8} {ports}")
-    if status["ssh_config"]:
-        print(f"\n  inventory: {status['inventory']}")
-        first = status["hosts"][0]["host"] if status["hosts"] else "<host>"
-        print(f"  ssh:       ssh -F {status['ssh_config']} {first}")
-        print(f"  re-run:    ansible-playbook -i {status['inventory']} site.yml")
-        print("  endpoint:  none yet: the inference engine and the HTTPS edge are not built (issues 4, 5)")
+    if not status["ssh_config"]:
+        return
+    engine = status["engine"]
+    print(f"\n  inventory: {status['inventory']}")
+    print(f"  ssh:       ssh -F {status['ssh_config']} {engine['host']}")
+    print(f"  re-run:    ansible-playbook -i {status['inventory']} site.yml")
+    print(f"  engine:    {engine['note']}")
+    print(
+        f"             ssh -F {status['ssh_config']} -N -L 8080:{engine['address']}:8080 {engine['host']} &"
+    )
+    print("             curl -s http://127.0.0.1:8080/generate -H 'Content-Type: application/json' \\")
+    print('               -d \'{"inputs": "What is de.NBI?", "parameters": {"max_new_tokens": 12}}\'')
+    print("  HTTPS edge with login: not built yet (issue 5); the engine is reached through SSH until then.")
 
 
 def main(argv: list[str] | None = None) -> int:

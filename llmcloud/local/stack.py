@@ -356,13 +356,31 @@ class LocalStack:
                 }
             )
         state_path = self.inventory_dir / STATE_FILE
+        engine_host = next(n for n, groups in self.hosts() if "llm" in groups)
+        engine = {
+            "host": engine_host,
+            # 127.0.0.1 on a host that is its own edge, the private address otherwise.
+            "address": "127.0.0.1" if self.topology == "single" else self._private_ip(client, engine_host),
+            "note": "the engine TEST DOUBLE (not a model) on port 8080, private: forward it over SSH",
+        }
         return {
             "stack": self.name,
             "topology": topology,
             "inventory": str(self.inventory_dir) if state_path.is_file() else None,
             "ssh_config": str(self.inventory_dir / "ssh_config") if state_path.is_file() else None,
             "hosts": sorted(hosts, key=lambda h: h["host"] or ""),
+            "engine": engine,
         }
+
+    def _private_ip(self, client, host: str) -> str | None:
+        from docker.errors import NotFound
+
+        try:
+            container = client.containers.get(self.container_name(host))
+        except NotFound:
+            return None
+        networks = container.attrs["NetworkSettings"]["Networks"]
+        return networks.get(self.network_name, {}).get("IPAddress")
 
 
 def load(stack: str, inventory_root: Path) -> LocalStack:

@@ -1,0 +1,110 @@
+"""Decisions the roles make in Python filters: tested here because no test host has a GPU."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+
+from llmcloud import REPO_ROOT
+
+
+def load(role: str, name: str):
+    path = REPO_ROOT / "roles" / role / "filter_plugins" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{role}_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+nvidia = load("nvidia", "nvidia_plan")
+docker = load("docker", "docker_daemon")
+
+LSPCI = """\
+00:00.0 0600: 8086:1237 (rev 02)
+00:04.0 0302: 10de:1eb8 (rev a1)
+00:05.0 0300: 10de:2204 (rev a1)
+00:05.1 0403: 10de:1aef (rev a1)
+00:06.0 0200: 1af4:1000
+"""
+
+
+def test_gpus_are_nvidia_display_or_3d_controllers_only():
+    # A T4 (3D controller) and a consumer card (VGA); its HDMI audio function is not a GPU.
+    assert nvidia.nvidia_gpus(LSPCI) == ["1eb8", "2204"]
+    assert nvidia.nvidia_gpus("00:02.0 0300: 1234:1111\n") == []
+    assert nvidia.nvidia_gpus("") == []
+
+
+@pytest.mark.parametrize(
+    ("distribution", "method", "expected"),
+    [
+        (
+            "Ubuntu",
+            "package",
+            ["nvidia-headless-570-server", "nvidia-utils-570-server", "linux-headers-6.8.0-45-generic"],
+        ),
+        ("Ubuntu", "ubuntu-drivers", ["ubuntu-drivers-common"]),
+        (
+            "Debian",
+            "package",
+            [
+                "nvidia-driver",
+                "firmware-misc-nonfree",
+                "linux-headers-6.8.0-45-generic",
+                "nvidia-persistenced",
+            ],
+        ),
+    ],
+)
+def test_driver_packages_per_os(distribution, method, expected):
+    assert nvidia.nvidia_driver_packages(distribution, "6.8.0-45-generic", "570", method) == expected
+
+
+def test_unknown_os_has_no_driver_plan():
+    with pytest.raises(ValueError, match="Rocky"):
+        nvidia.nvidia_driver_packages("Rocky", "5.14", "570")
+
+
+def test_debian_needs_non_free_components_and_ubuntu_none():
+    assert nvidia.nvidia_debian_components("Debian") == ["main", "contrib", "non-free", "non-free-firmware"]
+    assert nvidia.nvidia_debian_components("Ubuntu") == []
+
+
+def test_toolkit_repository_and_pins():
+    line = nvidia.nvidia_toolkit_repo("x86_64", "/etc/apt/keyrings/nvidia.asc")
+    repo = "https://nvidia.github.io/libnvidia-container/stable/deb/amd64 /"
+    assert line == f"deb [signed-by=/etc/apt/keyrings/nvidia.asc] {repo}"
+    assert "/deb/arm64 /" in nvidia.nvidia_toolkit_repo("aarch64", "/k")
+    assert "nvidia-container-toolkit=1.18.0-1" in nvidia.nvidia_toolkit_packages("1.18.0-1")
+    assert "nvidia-container-toolkit" in nvidia.nvidia_toolkit_packages("")
+
+
+def test_daemon_json_base_settings():
+    config = docker.docker_daemon_config({})
+    assert config == {
+        "log-driver": "json-file",
+        "log-opts": {"max-size": "50m", "max-file": "5"},
+        "live-restore": True,
+    }
+
+
+def test_daemon_json_merges_nvidia_and_other_roles_without_losing_either():
+    options = {"log-opts": {"max-size": "10m"}, "registry-mirrors": ["https://mirror.example.org"]}
+    config = docker.docker_daemon_config(options, nvidia_runtime=True)
+    assert config["runtimes"] == {"nvidia": {"path": "nvidia-container-runtime", "runtimeArgs": []}}
+    assert config["log-opts"] == {"max-size": "10m", "max-file": "5"}  # merged, not replaced
+    assert config["registry-mirrors"] == ["https://mirror.example.org"]
+    json.dumps(config)  # still valid JSON
+    # A role adding its own runtime keeps NVIDIA's.
+    more = docker.docker_daemon_config(
+        {"runtimes": {"runsc": {"path": "/usr/bin/runsc"}}}, nvidia_runtime=True
+    )
+    assert set(more["runtimes"]) == {"nvidia", "runsc"}
+
+
+def test_daemon_json_merge_leaves_inputs_alone():
+    options = {"log-opts": {"max-size": "10m"}}
+    docker.docker_daemon_config(options, nvidia_runtime=True)
+    assert options == {"log-opts": {"max-size": "10m"}}
