@@ -67,5 +67,6 @@ test: venv ## lint, unit and integration: the command CI runs
 	$(MAKE) molecule
 	$(MAKE) integration
 
-bench: venv ## print timings: cold/warm make local, no-op converge, make test
+bench: venv ## print timings: cold/warm make local, no-op converge; engine role times and recovery
 	$(BIN)/python bench/timings.py
+	$(BIN)/python bench/engine.py
