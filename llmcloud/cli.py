@@ -99,9 +99,9 @@ def _print_summary(status: dict) -> None:
     print(f"  re-run:    ansible-playbook -i {status['inventory']} site.yml")
     print(f"  engine:    {engine['note']}")
     print(
-        f"             ssh -F {status['ssh_config']} -N -L 8080:{engine['address']}:8080 {engine['host']} &"
+        f"             ssh -F {status['ssh_config']} -N -L 18080:{engine['address']}:8080 {engine['host']} &"
     )
-    print("             curl -s http://127.0.0.1:8080/generate -H 'Content-Type: application/json' \\")
+    print("             curl -s http://127.0.0.1:18080/generate -H 'Content-Type: application/json' \\")
     print('               -d \'{"inputs": "What is de.NBI?", "parameters": {"max_new_tokens": 12}}\'')
     print("  HTTPS edge with login: not built yet (issue 5); the engine is reached through SSH until then.")
 

@@ -27,6 +27,9 @@ class ConvergeResult:
     def ok(self) -> bool:
         return self.rc == 0 and self.status == "successful"
 
+    def first_failure(self) -> str:
+        return self.failures[0] if self.failures else f"ansible-runner status {self.status}"
+
     def changed(self) -> dict[str, int]:
         return dict(self.stats.get("changed", {}))
 
@@ -101,9 +104,8 @@ def converge_or_fail(inventory_dir: Path, progress: Progress) -> ConvergeResult:
     with progress.step(f"converge {inventory_dir} (site.yml)"):
         result = converge(inventory_dir, progress)
         if not result.ok:
-            first = result.failures[0] if result.failures else f"ansible-runner status {result.status}"
             raise UserError(
-                f"converge failed: {first}",
+                f"converge failed: {result.first_failure()}",
                 f"fix the cause above, then re-run `make converge INVENTORY={inventory_dir}`",
             )
     changed = result.changed()
