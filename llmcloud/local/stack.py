@@ -292,7 +292,7 @@ class LocalStack:
         for name, groups in self.hosts():
             container = containers[name]
             container.reload()
-            ip = container.attrs["NetworkSettings"]["Networks"][network.name]["IPAddress"]
+            ip = self._address_of(container)
             port = int(container.ports["22/tcp"][0]["HostPort"])
             hosts.append(inventory.InventoryHost(name, groups, "127.0.0.1", ip, port))
             key_type, key_b64 = host_keys[name].split()[:2]
@@ -376,9 +376,12 @@ class LocalStack:
         from docker.errors import NotFound
 
         try:
-            container = client.containers.get(self.container_name(host))
+            return self._address_of(client.containers.get(self.container_name(host)))
         except NotFound:
             return None
+
+    def _address_of(self, container) -> str | None:
+        """The host's address on the stack's private network."""
         networks = container.attrs["NetworkSettings"]["Networks"]
         return networks.get(self.network_name, {}).get("IPAddress")
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import jinja2
 import pulumi
 import pulumi_openstack as openstack
 
-from llmcloud import REPO_ROOT
 from llmcloud.config import Node as NodeConfig
+from llmcloud.inventory import template_environment
 from llmcloud.provision import DATA_MOUNT
 
 
@@ -27,17 +26,16 @@ def data_device(volume_id: str) -> str:
 
 
 def render_user_data(stack: str, hostname: str, deploy_public_key: str, volume_id: str | None) -> str:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(REPO_ROOT / "templates")),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-    )
-    return env.get_template("cloud-init/user-data.yaml.j2").render(
-        stack=stack,
-        hostname=hostname,
-        deploy_public_key=deploy_public_key,
-        data_device=data_device(volume_id) if volume_id else None,
-        data_mount=DATA_MOUNT,
+    return (
+        template_environment()
+        .get_template("cloud-init/user-data.yaml.j2")
+        .render(
+            stack=stack,
+            hostname=hostname,
+            deploy_public_key=deploy_public_key,
+            data_device=data_device(volume_id) if volume_id else None,
+            data_mount=DATA_MOUNT,
+        )
     )
 
 

@@ -178,15 +178,16 @@ def program(config: StackConfig | None = None, inventory_root: Path | None = Non
         )
         return inv, entry_address
 
-    def write(args: list) -> str:
-        inv, _ = build(args[:3])
-        secret_values = args[3]
-        if not pulumi.runtime.is_dry_run():
-            inventory.write(inv, inventory_dir, secret_values)
-        return configuration_digest(inventory.render(inv), secret_values)
+    def write(inv: inventory.Inventory, secret_values: dict[str, str]) -> str:
+        if pulumi.runtime.is_dry_run():
+            rendered = inventory.render(inv)
+        else:
+            rendered = inventory.write(inv, inventory_dir, secret_values)
+        return configuration_digest(rendered, secret_values)
 
-    digest = pulumi.Output.all(addresses, pulumi.Output.all(**secrets)).apply(lambda a: write([*a[0], a[1]]))
-    entry_address = addresses.apply(lambda a: build(a)[1])
+    built = addresses.apply(build)
+    digest = pulumi.Output.all(built, pulumi.Output.all(**secrets)).apply(lambda a: write(a[0][0], a[1]))
+    entry_address = built.apply(lambda b: b[1])
 
     outputs: dict[str, Any] = {
         "url": f"https://{cfg.domain}/",
@@ -207,15 +208,15 @@ def program(config: StackConfig | None = None, inventory_root: Path | None = Non
     if backup:
         outputs["backup_repository"] = backup.repository
     if cfg.configure:
-        hosts = addresses.apply(
-            lambda a: [
+        hosts = built.apply(
+            lambda b: [
                 {
                     "name": h.name,
                     "address": h.ansible_host,
                     "port": h.ansible_port,
                     "proxy_jump": h.proxy_jump or cfg.reach.jump_host,
                 }
-                for h in build(a)[0].hosts
+                for h in b[0].hosts
             ]
         )
         Configure(

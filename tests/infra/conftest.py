@@ -90,11 +90,7 @@ def reachable_from(peers: list[Peer], ip: str, port: int) -> dict[str, bool]:
 
 def private_reachable_from_controller(ip: str) -> bool:
     """The controller can reach a private address only on a local stack (or from inside the cloud)."""
-    try:
-        with socket.create_connection((ip, 22), timeout=3):
-            return True
-    except OSError:
-        return False
+    return Peer("controller", None).can_connect(ip, 22, timeout=3)
 
 
 @contextmanager
