@@ -10,7 +10,7 @@ LOCAL_ARGS ?=
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv local up converge verify status down lint unit molecule integration test bench
+.PHONY: help venv local up converge verify status down backup restore backup-drill lint unit molecule integration test bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -44,9 +44,18 @@ status: venv ## show the local hosts
 down: venv ## remove the local hosts, their network, volumes and inventory (keeps the base image)
 	$(BIN)/llmcloud local down --stack $(STACK)
 
+backup: venv ## back up every host of $(INVENTORY) now (restic, the daily timer's unit)
+	$(BIN)/ansible-playbook -i $(INVENTORY) backup.yml
+
+restore: venv ## restore $(INVENTORY) from its backups (SNAPSHOT=latest or an id, LIMIT=host), then converge
+	$(BIN)/ansible-playbook -i $(INVENTORY) restore.yml -e restic_restore_snapshot=$(or $(SNAPSHOT),latest) $(if $(LIMIT),-l $(LIMIT))
+
+backup-drill: venv ## back up, restore into a scratch dir on each host, compare every file; fails on a difference
+	$(BIN)/ansible-playbook -i $(INVENTORY) backup-drill.yml
+
 lint: venv ## ruff, yamllint, ansible-lint (production profile)
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+	$(BIN)/ruff check . roles/restic/files/llmcloud-restic
+	$(BIN)/ruff format --check . roles/restic/files/llmcloud-restic
 	$(BIN)/yamllint --strict .
 	$(BIN)/ansible-lint --profile production --offline
 

@@ -97,6 +97,7 @@ def _print_summary(status: dict) -> None:
     print(f"\n  inventory: {status['inventory']}")
     print(f"  ssh:       ssh -F {status['ssh_config']} {engine['host']}")
     print(f"  re-run:    ansible-playbook -i {status['inventory']} site.yml")
+    print(f"  backups:   make backup | backup-drill | restore INVENTORY={status['inventory']}")
     print(f"  engine:    {engine['note']}")
     print(
         f"             ssh -F {status['ssh_config']} -N -L 18080:{engine['address']}:8080 {engine['host']} &"

@@ -5,12 +5,15 @@ from __future__ import annotations
 import io
 import ipaddress
 import json
+import secrets
 import shutil
 import socket
 import tarfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import yaml
 
 from llmcloud import REPO_ROOT, inventory
 from llmcloud.errors import UserError
@@ -62,6 +65,7 @@ CAPABILITIES = [
     "WAKE_ALARM",
 ]
 STATE_FILE = "local-stack.json"
+BACKUP_MOUNT = "/srv/backup"
 
 
 @dataclass
@@ -109,6 +113,10 @@ class LocalStack:
     @property
     def network_name(self) -> str:
         return f"llmcloud-{self.name}"
+
+    @property
+    def backup_volume(self) -> str:
+        return f"llmcloud-{self.name}-backup"
 
     def container_name(self, host: str) -> str:
         return f"llmcloud-{self.name}-{host}"
@@ -170,11 +178,19 @@ class LocalStack:
         inv = self._inventory(client, network, containers, host_keys)
         with progress.step(f"inventory {self._display(self.inventory_dir)}"):
             # A stand-in token: the checks prove it never shows in `docker inspect` or to other users.
-            inventory.write(
-                inv, self.inventory_dir, {"llm_engine_hf_token": f"hf_local_{self.name}_not_a_token"}
-            )
+            inventory.write(inv, self.inventory_dir, self._secrets())
             (self.inventory_dir / STATE_FILE).write_text(json.dumps(self._state(), indent=2) + "\n")
         return inv
+
+    def _secrets(self) -> dict[str, str]:
+        """The stack's secrets; a generated one is made once and kept across re-runs of `up`."""
+        path = self.inventory_dir / "group_vars" / "all" / "01-secrets.yml"
+        old = (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+        return {
+            # A stand-in token: the checks prove it never shows in `docker inspect` or to other users.
+            "llm_engine_hf_token": f"hf_local_{self.name}_not_a_token",
+            "restic_password": old.get("restic_password") or secrets.token_urlsafe(32),
+        }
 
     def _state(self) -> dict:
         state = asdict(self)
@@ -230,6 +246,8 @@ class LocalStack:
         for container_port, (_, host_port) in ports.items():
             _require_free_port(host_port, f"{name} {container_port}")
         volume = client.volumes.create(f"llmcloud-{self.name}-{name}-docker", labels=self.labels(name))
+        if not client.volumes.list(filters={"name": self.backup_volume}):
+            client.volumes.create(self.backup_volume, labels=self.labels())
         container = client.containers.create(
             ref,
             name=self.container_name(name),
@@ -246,6 +264,8 @@ class LocalStack:
                 "/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"},
                 # Docker inside the host needs a real file system for overlay2.
                 volume.name: {"bind": "/var/lib/docker", "mode": "rw"},
+                # Plays the part of a Manila share: shared by the hosts, it outlives any one of them.
+                self.backup_volume: {"bind": BACKUP_MOUNT, "mode": "rw"},
             },
             ports=ports,
             network=network.name,
@@ -321,6 +341,9 @@ class LocalStack:
                 "llm_engine_model_id": "llmcloud/engine-test-double",
                 "llm_engine_healthcheck_test": ["CMD", "/engine-double", "-healthcheck", "--port", "80"],
                 "llm_engine_health_timeout": 300,
+                # Backups to the shared backup volume, one repository per host.
+                "restic_enabled": True,
+                "restic_repository": BACKUP_MOUNT + "/{{ inventory_hostname }}",
             },
         )
 

@@ -8,3 +8,5 @@ under Pulumi mocks.
 ENGINE_PORT = 8080
 #: Where the data volume (model cache) is mounted on engine VMs.
 DATA_MOUNT = "/srv/llmcloud"
+#: Where the restic role mounts a Manila backup share (its restic_nfs_mount default).
+NFS_MOUNT = "/mnt/llmcloud-backup"

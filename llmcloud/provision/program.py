@@ -15,7 +15,7 @@ import pulumi_random as random
 
 from llmcloud import REPO_ROOT, inventory
 from llmcloud.config import BackupTarget, ConfigError, StackConfig, Topology, from_pulumi
-from llmcloud.provision import DATA_MOUNT, ENGINE_PORT
+from llmcloud.provision import DATA_MOUNT, ENGINE_PORT, NFS_MOUNT
 from llmcloud.provision.backup import BackupStorage
 from llmcloud.provision.configure import Configure, configuration_digest
 from llmcloud.provision.network import Network
@@ -57,6 +57,17 @@ def group_vars(cfg: StackConfig) -> dict[str, Any]:
         "restic_keep_weekly": cfg.backup.keep_weekly,
         "restic_keep_monthly": cfg.backup.keep_monthly,
     }
+
+
+def _backup_vars(target: BackupTarget, repository: str) -> dict[str, str]:
+    """Where the restic role keeps each host's repository: one per host, below the share or container."""
+    per_host = "{{ inventory_hostname }}"
+    if target == BackupTarget.manila:
+        return {"restic_nfs_export": repository, "restic_repository": f"{NFS_MOUNT}/{per_host}"}
+    if target == BackupTarget.swift:
+        # Swift also needs restic_backend_env (OS_AUTH_URL, OS_APPLICATION_CREDENTIAL_*): see README.
+        return {"restic_repository": f"{repository.rstrip('/')}/{per_host}"}
+    return {}
 
 
 def _secret(value) -> pulumi.Output[str] | None:
@@ -166,7 +177,7 @@ def program(config: StackConfig | None = None, inventory_root: Path | None = Non
                     vars=host_vars,
                 )
             )
-        extra = {"restic_repository": repository} if repository else {}
+        extra = _backup_vars(cfg.backup.target, repository)
         inv = inventory.Inventory(
             stack=stack,
             hosts=hosts,

@@ -249,7 +249,9 @@ def test_backup_share_granted_to_every_node(tmp_path):
     assert granted == set(out["private_ips"].values())
     assert out["backup_repository"] == "10.0.5.5:/volumes/_nogroup/backup"
     main = yaml.safe_load((inv / "group_vars" / "all" / "00-llmcloud.yml").read_text())
-    assert main["restic_repository"] == "10.0.5.5:/volumes/_nogroup/backup"
+    assert main["restic_nfs_export"] == "10.0.5.5:/volumes/_nogroup/backup"
+    assert main["restic_repository"] == "/mnt/llmcloud-backup/{{ inventory_hostname }}"
+    assert main["restic_enabled"] is True
 
 
 def test_configure_resource_follows_the_switch(tmp_path):

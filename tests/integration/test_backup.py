@@ -1,0 +1,378 @@
+"""Backups that restore, on fresh local hosts with real backends: the shared backup volume (a local path,
+as a mounted Manila share would be), S3 (moto's server on the stack's network) and SFTP to a second host.
+
+One `split` stack (edge1, llm1), torn down afterwards also on failure. The tests run in file order: each
+leaves llm1 configured with the inventory's own backup settings again.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import yaml
+
+from llmcloud import REPO_ROOT, converge, verify
+from llmcloud.keys import ensure_ed25519
+from llmcloud.local import system
+from llmcloud.local.stack import LocalStack
+from llmcloud.progress import Progress
+
+pytestmark = pytest.mark.integration
+
+SOURCE = "llm1"
+ADAPTER = "/srv/llmcloud/adapters/demo/adapter_model.safetensors"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    stack = LocalStack(
+        name="citest-backup",
+        topology="split",
+        inventory_root=tmp_path_factory.mktemp("backup"),
+        ssh_port=42300,
+        http_port=42380,
+        https_port=42343,
+    )
+    progress = Progress("citest backup")
+    try:
+        stack.up(progress)
+        # State a user cares about: a LoRA adapter (random bytes, so nothing dedups it away).
+        sh(stack, SOURCE, f"mkdir -p {Path(ADAPTER).parent} && head -c 2000000 /dev/urandom > {ADAPTER}")
+        result = converge.converge(stack.inventory_dir, progress)
+        assert result.ok, result.failures
+        yield stack
+    finally:
+        stack.down(progress)
+
+
+def sh(stack: LocalStack, host: str, script: str, check: bool = True) -> tuple[int, str]:
+    container = system.docker_client().containers.get(stack.container_name(host))
+    code, out = container.exec_run(["bash", "-c", script])
+    text = out.decode(errors="replace")
+    if check:
+        assert code == 0, f"{host}: {script}\n{text}"
+    return code, text
+
+
+def playbook(stack: LocalStack, name: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["ansible-playbook", "-i", str(stack.inventory_dir), name, *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+def apply_restic(stack: LocalStack, host: str, **overrides) -> subprocess.CompletedProcess:
+    """The restic role on one host, with settings overridden the way a user's inventory would."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as extra:
+        json.dump(overrides, extra)
+        extra.flush()
+        return subprocess.run(
+            [
+                *("ansible", host, "-i", str(stack.inventory_dir)),
+                *("-m", "ansible.builtin.include_role", "-a", "name=restic", "-e", f"@{extra.name}"),
+            ],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+
+
+@contextmanager
+def backend(stack: LocalStack, host: str, **overrides):
+    """Point a host's backups elsewhere for a test, and back to the inventory's settings afterwards."""
+    applied = apply_restic(stack, host, **overrides)
+    try:
+        assert applied.returncode == 0, applied.stdout[-3000:]
+        yield
+    finally:
+        restored = apply_restic(stack, host)
+        assert restored.returncode == 0, restored.stdout[-3000:]
+
+
+def snapshots(stack: LocalStack, host: str, tag: str = "llmcloud") -> list[dict]:
+    _, out = sh(stack, host, f"llmcloud-restic restic snapshots --json --host {host} --tag {tag}")
+    return json.loads(out)
+
+
+def status(stack: LocalStack, host: str) -> dict:
+    return json.loads(sh(stack, host, "cat /var/lib/llmcloud/backup/status.json")[1])
+
+
+def run_backup(stack: LocalStack, host: str) -> tuple[int, str]:
+    return sh(stack, host, "systemctl start llmcloud-backup.service", check=False)
+
+
+def checksums(stack: LocalStack, host: str) -> dict[str, str]:
+    _, out = sh(
+        stack,
+        host,
+        "find /etc/llmcloud /srv/llmcloud/adapters -type f -print0 | sort -z | xargs -0 sha256sum",
+    )
+    return {path: digest for digest, path in (line.split(maxsplit=1) for line in out.splitlines())}
+
+
+def private_ip(stack: LocalStack, host: str) -> str:
+    """From the inventory, as any role would see it (an engine host also has Docker's own bridge)."""
+    hosts = yaml.safe_load((stack.inventory_dir / "hosts.yml").read_text())["all"]["hosts"]
+    return hosts[host]["private_ip"]
+
+
+def gateway(stack: LocalStack) -> str:
+    network = system.docker_client().networks.get(stack.network_name)
+    return network.attrs["IPAM"]["Config"][0]["Gateway"]
+
+
+def free_port(address: str) -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind((address, 0))
+        return probe.getsockname()[1]
+
+
+# ---- the tests ---------------------------------------------------------------------------------
+def test_every_host_backed_up_at_first_converge_and_checks_pass(stack):
+    for host in ("edge1", SOURCE):
+        assert status(stack, host)["snapshot_id"]
+    # The same checks users run after a deploy, backups included.
+    assert verify.verify(stack.inventory_dir) == 0
+
+
+def test_manual_backup_makes_a_snapshot_and_retention_prunes(stack):
+    before = status(stack, SOURCE)["snapshot_id"]
+    run = playbook(stack, "backup.yml")
+    assert run.returncode == 0, run.stdout[-3000:]
+    after = status(stack, SOURCE)
+    assert after["snapshot_id"] != before
+    assert f"snapshot {after['snapshot_id'][:8]}" in run.stdout
+    # keep-daily 7 (and weekly, monthly): several backups on one day leave the newest of that day.
+    kept = snapshots(stack, SOURCE)
+    assert [s["short_id"] for s in kept] == [after["snapshot_id"][:8]]
+
+
+def test_drill_passes_then_catches_a_changed_file(stack):
+    run = playbook(stack, "backup-drill.yml")
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert "restore drill passed" in run.stdout
+    drill = json.loads(sh(stack, SOURCE, "cat /var/lib/llmcloud/backup/drill.json")[1])
+    assert drill["ok"] and drill["files"] >= 3 and drill["bytes"] >= 2_000_000
+
+    sh(
+        stack,
+        SOURCE,
+        f"cp {ADAPTER} /root/adapter.keep && printf x | dd of={ADAPTER} bs=1 seek=1000 conv=notrunc",
+    )
+    try:
+        run = playbook(stack, "backup-drill.yml", "-e", "drill_snapshot=latest", "-l", SOURCE)
+        assert run.returncode != 0
+        assert f"DIFFERENT {ADAPTER}: content differs" in run.stdout
+        assert "restore drill FAILED" in run.stdout
+    finally:
+        sh(stack, SOURCE, f"mv /root/adapter.keep {ADAPTER}")
+
+
+def test_wrong_password_fails_clearly_and_changes_nothing(stack):
+    kept = snapshots(stack, SOURCE)
+    config_before = sh(stack, SOURCE, "sha256sum /etc/llmcloud/backup/secrets.json")[1]
+    wrong = apply_restic(stack, SOURCE, restic_password="not-the-password-4711")
+    assert wrong.returncode != 0
+    assert "does not open with this password" in wrong.stdout
+    assert "restic_password" in wrong.stdout
+    assert "not-the-password-4711" not in wrong.stdout + wrong.stderr
+    # The timers keep the settings that work, and the repository is untouched.
+    assert sh(stack, SOURCE, "sha256sum /etc/llmcloud/backup/secrets.json")[1] == config_before
+    assert run_backup(stack, SOURCE)[0] == 0
+    assert len(snapshots(stack, SOURCE)) == len(kept)
+    assert apply_restic(stack, SOURCE).returncode == 0
+
+
+def test_s3_backend(stack):
+    import boto3
+
+    address = gateway(stack)
+    port = free_port(address)
+    server = subprocess.Popen(
+        ["moto_server", "-H", address, "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    endpoint = f"http://{address}:{port}"
+    keys = {"AWS_ACCESS_KEY_ID": "llmcloud-test", "AWS_SECRET_ACCESS_KEY": "llmcloud-test-secret"}
+    try:
+        wait_for_port(address, port)
+        with backend(
+            stack,
+            SOURCE,
+            restic_repository=f"s3:{endpoint}/llmcloud-backups/{SOURCE}",
+            restic_backend_env={**keys, "AWS_DEFAULT_REGION": "us-east-1"},
+        ):
+            assert run_backup(stack, SOURCE)[0] == 0
+            snap = status(stack, SOURCE)["snapshot_id"]
+            # Seen from the S3 side, not through restic: the snapshot object is in the bucket.
+            s3 = boto3.client(
+                "s3",
+                endpoint_url=endpoint,
+                region_name="us-east-1",
+                aws_access_key_id=keys["AWS_ACCESS_KEY_ID"],
+                aws_secret_access_key=keys["AWS_SECRET_ACCESS_KEY"],
+            )
+            listed = s3.list_objects_v2(Bucket="llmcloud-backups", Prefix=f"{SOURCE}/snapshots/")
+            assert [o["Key"] for o in listed.get("Contents", []) if snap in o["Key"]]
+            run = playbook(stack, "backup-drill.yml", "-e", "drill_snapshot=latest", "-l", SOURCE)
+            assert run.returncode == 0, run.stdout[-3000:]
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+@contextmanager
+def webhook(address: str):
+    """An HTTP receiver for the failure webhook, on the stack's network."""
+    received: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append(json.loads(body))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer((address, 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://{address}:{server.server_address[1]}/hook", received
+    finally:
+        server.shutdown()
+
+
+def test_sftp_to_a_second_host_and_an_unreachable_backend(stack, tmp_path):
+    """llm1 backs up to edge1 over SFTP; with edge1's sshd stopped the run fails visibly, then recovers."""
+    key = tmp_path / "restic_ed25519"
+    public = ensure_ed25519(key, "restic@llm1")
+    source_ip, server_ip = private_ip(stack, SOURCE), private_ip(stack, "edge1")
+    sh(
+        stack,
+        "edge1",
+        "id restic >/dev/null 2>&1 || useradd --create-home --shell /bin/sh restic; "
+        "install -d -o restic -g restic -m 0700 /home/restic/.ssh; "
+        f"echo '{public}' > /home/restic/.ssh/authorized_keys; "
+        "chown restic: /home/restic/.ssh/authorized_keys; "
+        # The test opens SSH from llm1 on its peer; the firewall allows only admin networks otherwise.
+        f"nft insert rule inet llmcloud_filter input ip saddr {source_ip} tcp dport 22 accept",
+    )
+    host_key = sh(stack, "edge1", "cat /etc/ssh/ssh_host_ed25519_key.pub")[1].split()[:2]
+    with (
+        webhook(gateway(stack)) as (hook_url, calls),
+        backend(
+            stack,
+            SOURCE,
+            restic_repository=f"sftp:restic@{server_ip}:/home/restic/{SOURCE}",
+            restic_sftp_private_key=key.read_text(),
+            restic_sftp_known_hosts=[f"{server_ip} {' '.join(host_key)}"],
+            restic_failure_webhook=hook_url,
+        ),
+    ):
+        assert sh(stack, "edge1", f"test -f /home/restic/{SOURCE}/config", check=False)[0] == 0
+        assert run_backup(stack, SOURCE)[0] == 0
+        good = status(stack, SOURCE)["snapshot_id"]
+
+        sh(stack, "edge1", "systemctl stop ssh.service")
+        try:
+            code, _ = run_backup(stack, SOURCE)
+            assert code != 0
+            assert (
+                sh(stack, SOURCE, "systemctl is-failed llmcloud-backup.service", check=False)[1].strip()
+                == "failed"
+            )
+            failed = status(stack, SOURCE)
+            assert failed["last_failure_unit"] == "llmcloud-backup.service"
+            assert failed["snapshot_id"] == good  # the last good snapshot is still the one reported
+            journal = sh(stack, SOURCE, "journalctl -u llmcloud-backup.service -o cat --no-pager | tail -20")[
+                1
+            ]
+            assert "llmcloud-restic backup: restic failed against sftp:" in journal
+            deadline = time.monotonic() + 20
+            while not calls and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert calls and calls[0]["host"] == SOURCE and calls[0]["unit"] == "llmcloud-backup.service"
+        finally:
+            sh(stack, "edge1", "systemctl start ssh.service")
+        assert run_backup(stack, SOURCE)[0] == 0
+        assert status(stack, SOURCE)["snapshot_id"] != good
+        # The failed run left the repository sound.
+        assert sh(stack, SOURCE, "llmcloud-restic check", check=False)[0] == 0
+
+
+def test_full_disk_fails_visibly_and_keeps_earlier_snapshots(stack):
+    sh(stack, SOURCE, "mkdir -p /srv/small && mount -t tmpfs -o size=12m tmpfs /srv/small")
+    try:
+        with backend(stack, SOURCE, restic_repository="/srv/small/repo", restic_paths_extra=["/srv/bulk"]):
+            assert run_backup(stack, SOURCE)[0] == 0
+            first = status(stack, SOURCE)["snapshot_id"]
+            sh(stack, SOURCE, "mkdir -p /srv/bulk && head -c 20000000 /dev/urandom > /srv/bulk/blob")
+            code, _ = run_backup(stack, SOURCE)
+            assert code != 0
+            journal = sh(stack, SOURCE, "journalctl -u llmcloud-backup.service -o cat --no-pager | tail -20")[
+                1
+            ]
+            assert "no space left on device" in journal.lower()
+            sh(stack, SOURCE, "rm -rf /srv/bulk")
+            # No data loss: the earlier snapshot still restores byte for byte.
+            code, out = sh(stack, SOURCE, f"llmcloud-restic drill --snapshot {first}", check=False)
+            assert code == 0, out
+    finally:
+        sh(stack, SOURCE, "rm -rf /srv/bulk; umount /srv/small", check=False)
+
+
+def test_restore_onto_a_fresh_host(stack):
+    """Lost VM: a new, empty llm1 comes up, restore.yml brings back its state, and the service checks pass."""
+    run = playbook(stack, "backup.yml", "-l", SOURCE)
+    assert run.returncode == 0, run.stdout[-3000:]
+    before = checksums(stack, SOURCE)
+    assert ADAPTER in before and "/etc/llmcloud/engine/hf_token" in before
+
+    client = system.docker_client()
+    client.containers.get(stack.container_name(SOURCE)).remove(force=True)
+    client.volumes.get(f"llmcloud-{stack.name}-{SOURCE}-docker").remove(force=True)
+    stack.up(Progress("fresh host"))
+    assert sh(stack, SOURCE, f"test -e {ADAPTER}", check=False)[0] != 0, "the new host is not fresh"
+
+    began = time.monotonic()
+    run = playbook(stack, "restore.yml", "-l", SOURCE)
+    took = time.monotonic() - began
+    assert run.returncode == 0, run.stdout[-4000:]
+    assert re.search(r"restored [0-9a-f]{8}", run.stdout)
+    after = checksums(stack, SOURCE)
+    assert after == before, {
+        p: (before.get(p), after.get(p)) for p in set(before) | set(after) if before.get(p) != after.get(p)
+    }
+    assert verify.verify(stack.inventory_dir) == 0
+    print(f"restore.yml onto a fresh host, converge included: {took:.1f}s")
+
+
+def wait_for_port(address: str, port: int, timeout: float = 30) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((address, port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    pytest.fail(f"{address}:{port} did not open within {timeout}s")
