@@ -53,6 +53,12 @@ def parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--http-port", type=int, default=None, help="127.0.0.1 port of the edge's HTTP (8080)")
     up.add_argument("--https-port", type=int, default=None, help="127.0.0.1 port of the edge's HTTPS (8443)")
+    up.add_argument(
+        "--idp-port",
+        type=int,
+        default=None,
+        help="port of the local identity provider, on the stack's gateway (9400)",
+    )
     up.add_argument("--hosts-only", action="store_true", help="start hosts and write the inventory only")
     down = lsub.add_parser("down", help="remove the hosts, network, volumes and inventory of a stack")
     _stack_args(down)
@@ -79,7 +85,7 @@ def _local_stack(args):
     from llmcloud.local.stack import load
 
     stack = load(args.stack, args.inventory_root)
-    keys = ("topology", "engines", "ssh_port", "http_port", "https_port")
+    keys = ("topology", "engines", "ssh_port", "http_port", "https_port", "idp_port")
     overrides = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
     if overrides.get("topology") == "single" and "engines" not in overrides:
         overrides["engines"] = 1
@@ -98,13 +104,15 @@ def _print_summary(status: dict) -> None:
     print(f"  ssh:       ssh -F {status['ssh_config']} {engine['host']}")
     print(f"  re-run:    ansible-playbook -i {status['inventory']} site.yml")
     print(f"  backups:   make backup | backup-drill | restore INVENTORY={status['inventory']}")
+    if status.get("url"):
+        print(f"  endpoint:  {status['url']}  (log in as {status['login']['user']} at the provider's form)")
+        print(f"  CA:        {status['ca_bundle']}  (the internal CA that signed the edge certificate)")
+        print(f"  API key:   llmcloud local status --json --stack {status['stack']} | jq -r .api_key")
+        print("  try:       key=$(llmcloud local status --json | jq -r .api_key)")
+        print(f'             curl --cacert {status["ca_bundle"]} -H "Authorization: Bearer $key" \\')
+        print(f"               {status['url']}v1/chat/completions -H 'Content-Type: application/json' \\")
+        print('               -d \'{"model": "tgi", "messages": [{"role": "user", "content": "Hi"}]}\'')
     print(f"  engine:    {engine['note']}")
-    print(
-        f"             ssh -F {status['ssh_config']} -N -L 18080:{engine['address']}:8080 {engine['host']} &"
-    )
-    print("             curl -s http://127.0.0.1:18080/generate -H 'Content-Type: application/json' \\")
-    print('               -d \'{"inputs": "What is de.NBI?", "parameters": {"max_new_tokens": 12}}\'')
-    print("  HTTPS edge with login: not built yet (issue 5); the engine is reached through SSH until then.")
 
 
 def main(argv: list[str] | None = None) -> int:

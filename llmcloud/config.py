@@ -75,8 +75,8 @@ class AuthProvider(StrEnum):
 class TlsMode(StrEnum):
     acme_http01 = "acme_http01"
     acme_dns01 = "acme_dns01"
-    external = "external"
     selfsigned = "selfsigned"
+    external = "external"
 
 
 class BackupTarget(StrEnum):

@@ -18,7 +18,7 @@ import yaml
 from llmcloud import REPO_ROOT, inventory
 from llmcloud.errors import UserError
 from llmcloud.keys import ensure_ed25519
-from llmcloud.local import engine_double, image, system
+from llmcloud.local import engine_double, image, peers, system
 from llmcloud.progress import Progress
 
 LABEL = "llmcloud.stack"
@@ -65,6 +65,13 @@ CAPABILITIES = [
     "WAKE_ALARM",
 ]
 STATE_FILE = "local-stack.json"
+#: The demo users of the local identity provider; only example.org addresses may sign in.
+DEMO_USERS = [
+    {"sub": "alice", "email": "alice@example.org", "email_verified": True, "groups": ["llm-users"]},
+    {"sub": "mallory", "email": "mallory@elsewhere.test", "email_verified": True, "groups": []},
+]
+CLIENT_ID = "llmcloud-local"
+PEER_LABEL = "llmcloud.peer"  # a container of the stack that is not a target host
 BACKUP_MOUNT = "/srv/backup"
 
 
@@ -76,6 +83,7 @@ class LocalStack:
     ssh_port: int = 2222
     http_port: int = 8080
     https_port: int = 8443
+    idp_port: int = 9400
     inventory_root: Path = REPO_ROOT / "inventory"
 
     def __post_init__(self) -> None:
@@ -101,6 +109,7 @@ class LocalStack:
             ("--ssh-port", self.ssh_port),
             ("--http-port", self.http_port),
             ("--https-port", self.https_port),
+            ("--idp-port", self.idp_port),
         ):
             if not 1024 <= port <= 65535 - 8:
                 raise UserError(f"{flag} {port} is out of range", f"pass {flag} between 1024 and 65527")
@@ -150,6 +159,10 @@ class LocalStack:
             ref = image.ensure(client, progress)
         with progress.step("engine TEST DOUBLE image (tests/fixtures/engine-double)"):
             self._double = engine_double.ensure(client, progress, REPO_ROOT / ".cache" / "images")
+        with progress.step(f"oauth2-proxy image ({peers.OAUTH2_PROXY_VERSION}, built from its Go module)"):
+            self._oauth2_proxy = peers.oauth2_proxy(client, progress, REPO_ROOT / ".cache" / "images")
+        with progress.step("identity provider image (oidc-provider-mock)"):
+            idp_image = peers.oidc_mock(client, progress, ref)
         ssh_dir = self.inventory_dir / "ssh"
         with progress.step("SSH keys"):
             deploy_pub = ensure_ed25519(ssh_dir / "deploy_ed25519", f"deploy@llmcloud-{self.name}")
@@ -172,6 +185,8 @@ class LocalStack:
                     deploy_pub,
                     ssh_dir / "hostkeys" / f"{name}_ed25519",
                 )
+        with progress.step(f"identity provider on {self.idp_url(network)} (demo user alice)"):
+            self._idp(client, idp_image, network)
         with progress.step("wait for systemd and sshd on every host"):
             for name, container in containers.items():
                 self._wait_ready(container, name)
@@ -182,15 +197,71 @@ class LocalStack:
             (self.inventory_dir / STATE_FILE).write_text(json.dumps(self._state(), indent=2) + "\n")
         return inv
 
-    def _secrets(self) -> dict[str, str]:
-        """The stack's secrets; a generated one is made once and kept across re-runs of `up`."""
+    def secrets(self) -> dict:
+        """The stack's secrets as written to the inventory (empty before the first `up`)."""
         path = self.inventory_dir / "group_vars" / "all" / "01-secrets.yml"
-        old = (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+        return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+
+    def _secrets(self) -> dict:
+        """The stack's secrets; a generated one is made once and kept across re-runs of `up`."""
+        old = self.secrets()
+        keys = old.get("oauth2_proxy_api_keys") or [
+            {"name": "demo", "key": "llmc_" + secrets.token_urlsafe(32)}
+        ]
         return {
             # A stand-in token: the checks prove it never shows in `docker inspect` or to other users.
             "llm_engine_hf_token": f"hf_local_{self.name}_not_a_token",
             "restic_password": old.get("restic_password") or secrets.token_urlsafe(32),
+            "oauth2_proxy_client_secret": old.get("oauth2_proxy_client_secret") or secrets.token_urlsafe(24),
+            "oauth2_proxy_cookie_secret": old.get("oauth2_proxy_cookie_secret") or secrets.token_hex(16),
+            "oauth2_proxy_api_keys": keys,
         }
+
+    # ---- the identity provider ----------------------------------------------------------------
+    @property
+    def idp_container(self) -> str:
+        return f"llmcloud-{self.name}-idp"
+
+    def idp_url(self, network) -> str:
+        """On the stack network's gateway: one URL for a browser here and for oauth2-proxy on the edge."""
+        network.reload()
+        return f"http://{network.attrs['IPAM']['Config'][0]['Gateway']}:{self.idp_port}"
+
+    def _idp(self, client, idp_image: str, network) -> None:
+        from docker.errors import NotFound
+
+        try:
+            container = client.containers.get(self.idp_container)
+            if container.status != "running":
+                container.start()
+            return
+        except NotFound:
+            pass
+        _require_free_port(self.idp_port, "identity provider")
+        gateway = network.attrs["IPAM"]["Config"][0]["Gateway"]
+        command = ["--host", gateway, "--port", str(self.idp_port)]
+        for user in DEMO_USERS:
+            command += ["--user-claims", json.dumps(user)]
+        client.containers.run(
+            idp_image,
+            command,
+            name=self.idp_container,
+            detach=True,
+            network_mode="host",
+            labels={**self.labels(), PEER_LABEL: "idp"},
+            restart_policy={"Name": "unless-stopped"},
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection((gateway, self.idp_port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.3)
+        raise UserError(
+            f"the identity provider did not start on {gateway}:{self.idp_port}",
+            f"see `docker logs {self.idp_container}`",
+        )
 
     def _state(self) -> dict:
         state = asdict(self)
@@ -217,7 +288,7 @@ class LocalStack:
         extra = [
             c.name
             for c in client.containers.list(all=True, filters={"label": f"{LABEL}={self.name}"})
-            if c.name not in planned
+            if c.name not in planned and PEER_LABEL not in c.labels
         ]
         if extra:
             raise UserError(
@@ -335,12 +406,27 @@ class LocalStack:
                 "nvidia_required": False,
                 # The engine TEST DOUBLE: selected only by local and test inventories, delivered like an
                 # air-gapped image. It speaks TGI's flags and routes; it is not a model.
-                "container_images_preload": [{"path": str(self._double[1]), "name": self._double[0]}],
+                "container_images_preload": [
+                    {"path": str(self._double[1]), "name": self._double[0]},
+                    {"path": str(self._oauth2_proxy[1]), "name": self._oauth2_proxy[0]},
+                ],
                 "llm_engine_kind": "tgi",
                 "llm_engine_image": self._double[0],
                 "llm_engine_model_id": "llmcloud/engine-test-double",
                 "llm_engine_healthcheck_test": ["CMD", "/engine-double", "-healthcheck", "--port", "80"],
                 "llm_engine_health_timeout": 300,
+                # The edge: https://localhost:<https_port>/ with a certificate from an internal CA that names
+                # localhost, exported for clients; login through the local identity provider.
+                "llmcloud_domain": "localhost",
+                "nginx_public_https_port": self.https_port,
+                "certbot_mode": "selfsigned",
+                "certbot_selfsigned_ip_addresses": ["127.0.0.1"],
+                "certbot_export_ca": str(self.inventory_dir / "tls" / "ca.pem"),
+                "oauth2_proxy_image": self._oauth2_proxy[0],
+                "oauth2_proxy_provider": "oidc",
+                "oauth2_proxy_issuer_url": self.idp_url(network),
+                "oauth2_proxy_client_id": CLIENT_ID,
+                "oauth2_proxy_allowed_email_domains": ["example.org"],
                 # Backups to the shared backup volume, one repository per host.
                 "restic_enabled": True,
                 "restic_repository": BACKUP_MOUNT + "/{{ inventory_hostname }}",
@@ -368,6 +454,8 @@ class LocalStack:
         client = system.docker_client()
         hosts, topology = [], None
         for c in client.containers.list(all=True, filters={"label": f"{LABEL}={self.name}"}):
+            if PEER_LABEL in c.labels:
+                continue
             topology = c.labels.get("llmcloud.topology")
             ports = {k: f"{v[0]['HostIp']}:{v[0]['HostPort']}" for k, v in (c.ports or {}).items() if v}
             hosts.append(
@@ -386,14 +474,33 @@ class LocalStack:
             "address": "127.0.0.1" if self.topology == "single" else self._private_ip(client, engine_host),
             "note": "the engine TEST DOUBLE (not a model) on port 8080, private: forward it over SSH",
         }
+        endpoint = None
+        if state_path.is_file():
+            keys = self.secrets().get("oauth2_proxy_api_keys") or [{}]
+            endpoint = {
+                "url": f"https://localhost:{self.https_port}/",
+                "ca_bundle": str(self.inventory_dir / "tls" / "ca.pem"),
+                "api_key": keys[0].get("key"),
+                "openai_base_url": f"https://localhost:{self.https_port}/v1",
+                "login": {"user": DEMO_USERS[0]["sub"], "provider": self._idp_url_of(client)},
+            }
         return {
             "stack": self.name,
             "topology": topology,
+            **(endpoint or {"url": None, "ca_bundle": None, "api_key": None}),
             "inventory": str(self.inventory_dir) if state_path.is_file() else None,
             "ssh_config": str(self.inventory_dir / "ssh_config") if state_path.is_file() else None,
             "hosts": sorted(hosts, key=lambda h: h["host"] or ""),
             "engine": engine,
         }
+
+    def _idp_url_of(self, client) -> str | None:
+        from docker.errors import NotFound
+
+        try:
+            return self.idp_url(client.networks.get(self.network_name))
+        except NotFound:
+            return None
 
     def _private_ip(self, client, host: str) -> str | None:
         from docker.errors import NotFound

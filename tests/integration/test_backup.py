@@ -276,6 +276,14 @@ def test_sftp_to_a_second_host_and_an_unreachable_backend(stack, tmp_path):
         f"nft insert rule inet llmcloud_filter input ip saddr {source_ip} tcp dport 22 accept",
     )
     host_key = sh(stack, "edge1", "cat /etc/ssh/ssh_host_ed25519_key.pub")[1].split()[:2]
+    try:
+        sftp_round(stack, key, server_ip, host_key)
+    finally:
+        # Back to the configured firewall: the hole above was for this test only.
+        sh(stack, "edge1", "systemctl reload llmcloud-firewall.service")
+
+
+def sftp_round(stack: LocalStack, key: Path, server_ip: str, host_key: list[str]) -> None:
     with (
         webhook(gateway(stack)) as (hook_url, calls),
         backend(
@@ -358,11 +366,11 @@ def test_restore_onto_a_fresh_host(stack):
     assert run.returncode == 0, run.stdout[-4000:]
     assert re.search(r"restored [0-9a-f]{8}", run.stdout)
     after = checksums(stack, SOURCE)
+    print(f"restore.yml onto a fresh host, converge included: {took:.1f}s")
     assert after == before, {
         p: (before.get(p), after.get(p)) for p in set(before) | set(after) if before.get(p) != after.get(p)
     }
     assert verify.verify(stack.inventory_dir) == 0
-    print(f"restore.yml onto a fresh host, converge included: {took:.1f}s")
 
 
 def wait_for_port(address: str, port: int, timeout: float = 30) -> None:

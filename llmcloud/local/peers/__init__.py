@@ -1,0 +1,116 @@
+"""Images of the real peers a local stack talks to.
+
+oauth2-proxy is built from its pinned Go module, the OpenID Connect provider is oidc-provider-mock from PyPI.
+Both are built here, because no registry can be reached, and cached by a hash of their recipe.
+OpenStack stacks use the upstream oauth2-proxy image and a real provider.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from llmcloud.errors import UserError
+from llmcloud.local import system
+
+HERE = Path(__file__).parent
+OAUTH2_PROXY_VERSION = "v7.8.1"
+
+
+def recipe_hash(directory: Path, *extra: str) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in directory.iterdir() if p.is_file() and p.name != "__init__.py"):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    for item in extra:
+        digest.update(item.encode())
+    return digest.hexdigest()[:12]
+
+
+def go_binary(source: Path, package: str, output: Path, cache_dir: Path, ldflags: str = "") -> None:
+    """Build a static Go binary of ``package`` with the module (go.mod, go.sum) in ``source``."""
+    system.ensure_packages({"go": "golang-go"})
+    go = shutil.which("go") or "/usr/local/go/bin/go"
+    env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod", "GOCACHE": str(cache_dir / "go-build")}
+    built = subprocess.run(
+        [go, "build", "-trimpath", f"-ldflags=-s -w {ldflags}".strip(), "-o", str(output), package],
+        cwd=source,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if built.returncode != 0:
+        raise UserError(
+            f"go build of {package} failed: {built.stderr.strip()[-400:]}",
+            "install Go 1.23 or newer (/usr/local/go or Debian's golang-go) and check the Go module proxy",
+        )
+
+
+def save(client, ref: str, tarball: Path) -> Path:
+    """Save an image for the hosts' preload path (role docker)."""
+    tarball.parent.mkdir(parents=True, exist_ok=True)
+    partial = tarball.with_suffix(".partial")
+    with open(partial, "wb") as fh:
+        for chunk in client.images.get(ref).save(named=True):
+            fh.write(chunk)
+    partial.rename(tarball)
+    return tarball
+
+
+def oauth2_proxy(client, progress, cache_dir: Path) -> tuple[str, Path]:
+    """(image reference, tarball) of oauth2-proxy, built from the pinned module."""
+    source = HERE / "oauth2-proxy"
+    ref = f"llmcloud/oauth2-proxy:{OAUTH2_PROXY_VERSION}-{recipe_hash(source, OAUTH2_PROXY_VERSION)}"
+    tarball = cache_dir / f"oauth2-proxy-{ref.rsplit(':', 1)[1]}.tar"
+    if tarball.is_file():
+        progress.log(f"oauth2-proxy {ref} is cached")
+        return ref, tarball
+    with tempfile.TemporaryDirectory(prefix="llmcloud-oauth2-proxy-") as context:
+        with progress.step(f"build oauth2-proxy {OAUTH2_PROXY_VERSION} with Go (about 2 min, once)"):
+            go_binary(
+                source,
+                "github.com/oauth2-proxy/oauth2-proxy/v7",
+                Path(context) / "oauth2-proxy",
+                cache_dir,
+                f"-X github.com/oauth2-proxy/oauth2-proxy/v7/pkg/version.VERSION={OAUTH2_PROXY_VERSION}",
+            )
+            shutil.copy("/etc/ssl/certs/ca-certificates.crt", context)
+            shutil.copy(source / "Dockerfile", context)
+            client.images.build(path=context, tag=ref, rm=True)
+        with progress.step(f"save {ref} for preloading"):
+            save(client, ref, tarball)
+    return ref, tarball
+
+
+def oidc_mock(client, progress, base_ref: str) -> str:
+    """Image reference of the local identity provider, built on the hosts' base image."""
+    source = HERE / "oidc-mock"
+    ref = f"llmcloud/oidc-mock:{recipe_hash(source, base_ref)}"
+    if client.images.list(name=ref):
+        progress.log(f"identity provider {ref} is cached")
+        return ref
+    with (
+        tempfile.TemporaryDirectory(prefix="llmcloud-oidc-mock-") as context,
+        progress.step(f"build the identity provider image {ref} (oidc-provider-mock)"),
+    ):
+        installed = subprocess.run(
+            [
+                *(sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--only-binary=:all:"),
+                *("--python-version", "3.11", "--platform", "manylinux2014_x86_64"),
+                *("--target", str(Path(context) / "site"), "-r", str(source / "requirements.txt")),
+            ],
+            capture_output=True,
+            text=True,
+        )
+        if installed.returncode != 0:
+            raise UserError(
+                f"pip could not fetch oidc-provider-mock: {installed.stderr.strip()[-300:]}",
+                "check that PyPI is reachable",
+            )
+        shutil.copy(source / "Dockerfile", context)
+        client.images.build(path=context, tag=ref, rm=True, buildargs={"BASE": base_ref})
+    return ref

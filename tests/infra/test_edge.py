@@ -1,0 +1,153 @@
+"""Edge hosts (group edge): nginx, the certificate, the login in front of every engine route, and the logs.
+
+Requests go from the edge host to itself (127.0.0.1, with the server name as SNI and Host). The certificate is
+checked in test_certificate_names_the_host_and_is_not_expiring; the route checks look at status codes.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+from conftest import in_group
+
+
+@pytest.fixture
+def edge(host, hostvars) -> dict:
+    if not in_group(hostvars, "edge"):
+        pytest.skip("not an edge host")
+    name = hostvars.get("llmcloud_domain") or host.backend.get_hostname()
+    mode = hostvars.get("certbot_mode", "acme_http01")
+    return {"name": name, "tls": mode != "external", "mode": mode}
+
+
+def request(host, edge, path: str, method: str = "GET", headers: dict | None = None, port: int | None = None):
+    """(status, response headers as text) of one request from the edge host to itself."""
+    scheme, port = ("https", port or 443) if edge["tls"] else ("http", port or 80)
+    if port == 80:
+        scheme = "http"
+    args = ["curl", "-sk", "-o", "/dev/null", "-D", "-", "-X", method, "--path-as-is", "--max-time", "20"]
+    args += ["--resolve", f"{edge['name']}:{port}:127.0.0.1"]
+    for key, value in (headers or {}).items():
+        args += ["-H", f"{key}: {value}"]
+    if method == "POST":
+        args += ["-H", "Content-Type: application/json", "--data", '{"inputs": "hi", "messages": []}']
+    args.append(f"{scheme}://{edge['name']}:{port}{path}")
+    out = host.run(" ".join(["%s"] * len(args)), *args).stdout
+    status = int(out.split()[1]) if out.startswith("HTTP/") else 0
+    return status, out
+
+
+def test_nginx_running_with_a_valid_config(host, edge):
+    assert host.service("nginx").is_running and host.service("nginx").is_enabled
+    assert host.run("nginx -t").rc == 0
+
+
+def test_certificate_names_the_host_and_is_not_expiring(host, edge):
+    if not edge["tls"]:
+        pytest.skip("TLS ends at the load balancer in front (external)")
+    pem = host.run(
+        "echo | openssl s_client -connect 127.0.0.1:443 -servername %s 2>/dev/null | openssl x509",
+        edge["name"],
+    ).stdout
+    assert "BEGIN CERTIFICATE" in pem
+    text = host.run("echo %s | openssl x509 -noout -text", pem).stdout
+    assert f"DNS:{edge['name']}" in text
+    # At least 14 days left: a renewal that keeps failing shows here long before users see it.
+    assert host.run("echo %s | openssl x509 -noout -checkend 1209600", pem).rc == 0
+    assert "Issuer: CN = " in text and "placeholder" not in text.lower()
+
+
+def test_renewal_scheduled_and_not_failing(host, edge):
+    if edge["mode"] not in ("acme_http01", "acme_dns01"):
+        pytest.skip("no ACME certificate on this host")
+    assert host.service("certbot.timer").is_enabled and host.service("certbot.timer").is_running
+    assert host.run("systemctl is-failed certbot.service").stdout.strip() != "failed"
+    assert host.file("/etc/letsencrypt/renewal-hooks/deploy/50-llmcloud-reload-nginx").mode == 0o755
+
+
+def test_http_redirects_to_https_and_serves_acme(host, edge):
+    if not edge["tls"]:
+        pytest.skip("plain HTTP behind the load balancer")
+    status, headers = request(host, edge, "/v1/models", port=80)
+    assert status == 301 and "location: https://" in headers.lower()
+    assert (
+        request(host, edge, "/.well-known/acme-challenge/none", port=80)[0] == 404
+    )  # served, not redirected
+
+
+def test_healthz_public_and_security_headers(host, edge):
+    status, headers = request(host, edge, "/healthz")
+    assert status == 200
+    status, headers = request(host, edge, "/v1/models")
+    lower = headers.lower()
+    if edge["tls"]:
+        assert "strict-transport-security: max-age=" in lower
+    assert "x-content-type-options: nosniff" in lower
+    assert "server: nginx\r" in lower or "server: nginx\n" in lower  # no version
+
+
+def test_api_without_credentials_is_401_and_browser_is_redirected(host, edge):
+    status, headers = request(host, edge, "/v1/chat/completions", method="POST")
+    assert status == 401 and "location:" not in headers.lower()
+    status, headers = request(host, edge, "/")
+    assert status == 302 and "location: /oauth2/start" in headers.lower()
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"X-Forwarded-User": "alice"},
+        {"X-Auth-Request-User": "alice", "X-Auth-Request-Email": "alice@example.org"},
+        {"X-Forwarded-Email": "alice@example.org", "X-Forwarded-For": "127.0.0.1"},
+        {"Authorization": "Bearer llmc_not-a-key-not-a-key-not-a-key"},
+        {"Authorization": "Bearer not.a.jwt"},
+    ],
+)
+def test_forged_identity_gets_no_access(host, edge, headers):
+    assert request(host, edge, "/v1/models", headers=headers)[0] == 401
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/metrics",
+        "/info",
+        "/health",
+        "//metrics",
+        "/v1/../metrics",
+        "/v1/..%2Fmetrics",
+        "/oauth2/../metrics",
+        "/METRICS",
+        "/V1/models",
+        "/v1//models/../../metrics",
+        "/generate%2F..%2Fmetrics",
+        "/docs",
+    ],
+)
+def test_engine_internals_and_path_tricks_never_reach_the_engine(host, edge, path):
+    status, _ = request(host, edge, path)
+    assert status in (400, 401, 404), f"{path} answered {status}"
+
+
+def test_login_and_key_store_kept_secret(host, edge):
+    config = host.file("/etc/llmcloud/oauth2-proxy/oauth2-proxy.cfg")
+    assert config.mode == 0o400 and config.user != "root"
+    keys = host.file("/var/lib/llmcloud/oauth2-proxy/api-keys.json")
+    assert keys.user == "root" and keys.mode == 0o600
+    stored = json.loads(keys.content_string)
+    assert all(set(k) == {"name", "sha256"} and len(k["sha256"]) == 64 for k in stored)
+    assert "llmc_" not in keys.content_string
+    inspect = host.run("docker inspect oauth2-proxy").stdout
+    assert "client_secret" not in inspect and "cookie_secret" not in inspect
+    assert host.service("llmcloud-authz").is_running
+
+
+def test_access_log_has_no_query_strings_or_full_addresses(host, edge):
+    marker = uuid.uuid4().hex
+    request(host, edge, f"/v1/models?prompt={marker}")
+    log = host.run("tail -n 50 /var/log/nginx/llmcloud-access.log").stdout
+    assert "/v1/models" in log
+    assert marker not in log
+    assert "127.0.0.1" not in log and "127.0.0.0" in log
