@@ -134,8 +134,8 @@ def test_engine_internals_and_path_tricks_never_reach_the_engine(host, edge, pat
 def test_login_and_key_store_kept_secret(host, edge):
     config = host.file("/etc/llmcloud/oauth2-proxy/oauth2-proxy.cfg")
     assert config.mode == 0o400 and config.user != "root"
-    keys = host.file("/var/lib/llmcloud/oauth2-proxy/api-keys.json")
-    assert keys.user == "root" and keys.mode == 0o600
+    keys = host.file("/var/lib/llmcloud/api-keys/api-keys.json")
+    assert keys.user == "root" and keys.group == "llmcloud-authz" and keys.mode == 0o640
     stored = json.loads(keys.content_string)
     assert all(set(k) == {"name", "sha256"} and len(k["sha256"]) == 64 for k in stored)
     assert "llmc_" not in keys.content_string

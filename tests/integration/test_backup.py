@@ -41,6 +41,7 @@ def stack(tmp_path_factory):
         ssh_port=42300,
         http_port=42380,
         https_port=42343,
+        idp_port=42390,
     )
     progress = Progress("citest backup")
     try:

@@ -23,8 +23,8 @@ from llmcloud.progress import Progress
 pytestmark = pytest.mark.integration
 
 TOPOLOGIES = {
-    "single": {"topology": "single", "ssh_port": 42200, "http_port": 42280, "https_port": 42243},
-    "split": {"topology": "split", "engines": 2, "ssh_port": 42210, "http_port": 42281, "https_port": 42244},
+    "single": {"topology": "single", "ssh_port": 42200, "http_port": 42280, "https_port": 42243, "idp_port": 42290},
+    "split": {"topology": "split", "engines": 2, "ssh_port": 42210, "http_port": 42281, "https_port": 42244, "idp_port": 42291},
 }
 
 
