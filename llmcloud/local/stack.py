@@ -84,6 +84,8 @@ class LocalStack:
     http_port: int = 8080
     https_port: int = 8443
     idp_port: int = 9400
+    #: Lifetime of the identity provider's tokens (seconds).
+    idp_token_max_age: int = 3600
     inventory_root: Path = REPO_ROOT / "inventory"
 
     def __post_init__(self) -> None:
@@ -240,6 +242,7 @@ class LocalStack:
         _require_free_port(self.idp_port, "identity provider")
         gateway = network.attrs["IPAM"]["Config"][0]["Gateway"]
         command = ["--host", gateway, "--port", str(self.idp_port)]
+        command += ["--token-max-age", str(self.idp_token_max_age)]
         for user in DEMO_USERS:
             command += ["--user-claims", json.dumps(user)]
         client.containers.run(

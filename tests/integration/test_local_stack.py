@@ -6,25 +6,45 @@ stack is never touched, and everything is torn down afterwards, also on failure.
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import subprocess
+import sys
+import tempfile
 import time
+import uuid
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import yaml
 
 from llmcloud import REPO_ROOT, converge, verify
 from llmcloud.local import system
-from llmcloud.local.stack import LABEL, LocalStack
+from llmcloud.local.stack import CLIENT_ID, LABEL, PEER_LABEL, LocalStack
 from llmcloud.progress import Progress
 
 pytestmark = pytest.mark.integration
 
 TOPOLOGIES = {
-    "single": {"topology": "single", "ssh_port": 42200, "http_port": 42280, "https_port": 42243, "idp_port": 42290},
-    "split": {"topology": "split", "engines": 2, "ssh_port": 42210, "http_port": 42281, "https_port": 42244, "idp_port": 42291},
+    "single": {
+        "topology": "single",
+        "ssh_port": 42200,
+        "http_port": 42280,
+        "https_port": 42243,
+        "idp_port": 42290,
+    },
+    "split": {
+        "topology": "split",
+        "engines": 2,
+        "ssh_port": 42210,
+        "http_port": 42281,
+        "https_port": 42244,
+        "idp_port": 42291,
+        # Short-lived tokens, so a test can see one expire.
+        "idp_token_max_age": 20,
+    },
 }
 
 
@@ -221,10 +241,276 @@ def test_up_again_reuses_the_hosts(deployed):
 
     def ids():
         return sorted(
-            c.id for c in client.containers.list(all=True, filters={"label": f"{LABEL}={stack.name}"})
+            c.id
+            for c in client.containers.list(all=True, filters={"label": f"{LABEL}={stack.name}"})
+            if PEER_LABEL not in c.labels
         )
 
     before = ids()
     assert len(before) == len(stack.hosts())
     stack.up(Progress("again"))
     assert ids() == before
+
+
+# ---- the edge: TLS, login, API keys --------------------------------------------------------------
+def endpoint(stack: LocalStack) -> dict:
+    """What `llmcloud local status --json` prints for scripts and outside clients."""
+    out = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "llmcloud"),
+            "local",
+            "status",
+            "--json",
+            "--stack",
+            stack.name,
+            "--inventory-root",
+            str(stack.inventory_root),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    status = json.loads(out.stdout)
+    assert status["url"] == f"https://localhost:{stack.https_port}/"
+    assert Path(status["ca_bundle"]).is_file() and status["api_key"].startswith("llmc_")
+    return status
+
+
+def session(ca_bundle: str):
+    import requests
+
+    s = requests.Session()
+    s.verify = ca_bundle  # full verification against the internal CA that signed the edge certificate
+    s.trust_env = False  # REQUESTS_CA_BUNDLE in the environment would otherwise replace it
+    return s
+
+
+def browser_login(status: dict, user: str):
+    """A real HTTP session through the redirects: edge → oauth2-proxy → identity provider → callback."""
+    s = session(status["ca_bundle"])
+    form = s.get(status["url"], timeout=20)
+    assert form.status_code == 200 and form.url.startswith(status["login"]["provider"] + "/oauth2/authorize")
+    signed_in = s.post(form.url, data={"sub": user}, timeout=20)
+    return s, signed_in
+
+
+def test_browser_login_reaches_the_engine_and_streams(deployed):
+    stack, _ = deployed
+    status = endpoint(stack)
+    s, landing = browser_login(status, "alice")
+    assert landing.status_code == 200 and landing.url == status["url"]
+    assert (
+        landing.headers["X-Signed-In-As"] == "alice@example.org"
+        or landing.headers["X-Signed-In-As"] == "alice"
+    )
+    reply = s.post(
+        status["openai_base_url"] + "/chat/completions",
+        json={"model": "x", "stream": True, "max_tokens": 6, "messages": [{"role": "user", "content": "hi"}]},
+        stream=True,
+        timeout=30,
+    )
+    assert reply.status_code == 200 and reply.headers["Content-Type"].startswith("text/event-stream")
+    events = [line for line in reply.iter_lines() if line.startswith(b"data:")]
+    assert (len(events) >= 6 and events[-1] == b"data:[DONE]") or len(events) >= 6
+
+
+def test_a_user_outside_the_allowed_domain_is_refused(deployed):
+    stack, _ = deployed
+    status = endpoint(stack)
+    s, refused = browser_login(status, "mallory")
+    assert refused.status_code == 403
+    assert s.get(status["openai_base_url"] + "/models", timeout=20).status_code == 401
+
+
+def test_openai_client_with_an_api_key_streams_through_verified_tls(deployed):
+    import httpx
+    from openai import OpenAI
+
+    stack, _ = deployed
+    status = endpoint(stack)
+    with httpx.Client(verify=status["ca_bundle"], trust_env=False, timeout=30) as http:
+        client = OpenAI(base_url=status["openai_base_url"], api_key=status["api_key"], http_client=http)
+        model = client.models.list().data[0].id
+        chat = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=7
+        )
+        chunks = list(
+            client.chat.completions.create(
+                model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=7, stream=True
+            )
+        )
+    assert len(chunks) >= 7
+    assert (
+        "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        == chat.choices[0].message.content
+    )
+
+
+def idp_token(status: dict, client_id: str, user: str = "alice") -> str:
+    """An ID token (RS256) from the identity provider's own authorization-code flow."""
+    from urllib.parse import parse_qs, urlparse
+
+    s = session(status["ca_bundle"])
+    idp, callback = status["login"]["provider"], "https://client.invalid/callback"
+    params = {
+        "client_id": client_id,
+        "redirect_uri": callback,
+        "response_type": "code",
+        "scope": "openid email",
+    }
+    coded = s.post(
+        f"{idp}/oauth2/authorize",
+        params={**params, "state": "s", "nonce": "n"},
+        data={"sub": user},
+        allow_redirects=False,
+        timeout=20,
+    )
+    code = parse_qs(urlparse(coded.headers["Location"]).query)["code"][0]
+    token = s.post(
+        f"{idp}/oauth2/token",
+        data={"grant_type": "authorization_code", "code": code, "redirect_uri": callback},
+        auth=(client_id, "any"),
+        timeout=20,
+    )
+    assert token.status_code == 200, token.text
+    return token.json()["id_token"]
+
+
+def test_bearer_jwts_right_audience_only_signed_only_unexpired_only(deployed):
+    import base64
+
+    stack, _ = deployed
+    status = endpoint(stack)
+    s = session(status["ca_bundle"])
+    models = status["openai_base_url"] + "/models"
+
+    def call(token: str) -> int:
+        return s.get(models, headers={"Authorization": f"Bearer {token}"}, timeout=20).status_code
+
+    good = idp_token(status, CLIENT_ID)
+    assert call(good) == 200
+    assert call(idp_token(status, "some-other-app")) == 401  # wrong audience
+
+    def b64(data: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+    claims = json.loads(base64.urlsafe_b64decode(good.split(".")[1] + "=="))
+    assert call(f"{b64({'alg': 'none', 'typ': 'JWT'})}.{b64(claims)}.") == 401  # unsigned
+    header, _, signature = good.split(".")
+    assert call(f"{header}.{b64({**claims, 'aud': 'some-other-app'})}.{signature}") == 401  # tampered
+
+    if stack.idp_token_max_age <= 60:
+        time.sleep(max(0.0, claims["exp"] - time.time()) + 2)
+        assert call(good) == 401  # expired
+
+
+def apply_edge_role(stack: LocalStack, role: str, **overrides) -> None:
+    edge = next(name for name, groups in stack.hosts() if "edge" in groups)
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as extra:
+        json.dump(overrides, extra)
+        extra.flush()
+        run = subprocess.run(
+            [
+                "ansible",
+                edge,
+                "-i",
+                str(stack.inventory_dir),
+                "-m",
+                "ansible.builtin.include_role",
+                "-a",
+                f"name={role}",
+                "-e",
+                f"@{extra.name}",
+            ],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    assert run.returncode == 0, run.stdout[-3000:]
+
+
+def test_api_keys_are_added_and_revoked_by_rerunning_the_role(deployed):
+    stack, _ = deployed
+    status = endpoint(stack)
+    s = session(status["ca_bundle"])
+    models = status["openai_base_url"] + "/models"
+    old, new = status["api_key"], "llmc_" + uuid.uuid4().hex + uuid.uuid4().hex
+    assert s.get(models, headers={"Authorization": f"Bearer {new}"}, timeout=20).status_code == 401
+    apply_edge_role(stack, "oauth2_proxy", oauth2_proxy_api_keys=[{"name": "rotated", "key": new}])
+    try:
+        assert s.get(models, headers={"Authorization": f"Bearer {new}"}, timeout=20).status_code == 200
+        assert (
+            s.get(models, headers={"Authorization": f"Bearer {old}"}, timeout=20).status_code == 401
+        )  # revoked
+    finally:
+        apply_edge_role(stack, "oauth2_proxy")
+    assert s.get(models, headers={"Authorization": f"Bearer {old}"}, timeout=20).status_code == 200
+
+
+def test_engine_internals_unreachable_through_the_edge_even_with_a_key(deployed):
+    stack, _ = deployed
+    status = endpoint(stack)
+    s = session(status["ca_bundle"])
+    auth = {"Authorization": f"Bearer {status['api_key']}"}
+    for path in ("metrics", "info", "health", "v1/../metrics", "METRICS", "%2Fmetrics"):
+        assert s.get(status["url"] + path, headers=auth, timeout=20).status_code == 404, path
+    assert s.get(status["url"] + "healthz", timeout=20).status_code == 200
+
+
+def test_tls_meets_mozilla_intermediate(deployed):
+    stack, _ = deployed
+    scan = subprocess.run(
+        [
+            *("sslyze", f"localhost:{stack.https_port}", "--mozilla_config=intermediate"),
+            *("--certinfo_ca_file", endpoint(stack)["ca_bundle"]),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert scan.returncode == 0, scan.stdout[-3000:]
+    assert f"localhost:{stack.https_port}: OK - Compliant." in scan.stdout
+
+
+def test_access_log_keeps_no_prompt_and_no_full_address(deployed):
+    stack, _ = deployed
+    status = endpoint(stack)
+    s = session(status["ca_bundle"])
+    secret = f"my-private-prompt-{uuid.uuid4().hex}"
+    reply = s.post(
+        status["openai_base_url"] + f"/chat/completions?note={secret}",
+        headers={"Authorization": f"Bearer {status['api_key']}"},
+        json={"model": "x", "messages": [{"role": "user", "content": secret}], "max_tokens": 2},
+        timeout=20,
+    )
+    assert reply.status_code == 200
+    edge = next(name for name, groups in stack.hosts() if "edge" in groups)
+    container = system.docker_client().containers.get(stack.container_name(edge))
+    log = container.exec_run(["sh", "-c", "cat /var/log/nginx/*.log"]).output.decode()
+    assert "/v1/chat/completions" in log
+    assert secret not in log
+    client_ip = (
+        container.exec_run(["sh", "-c", "ip route | awk '/default/ {print $3}'"]).output.decode().strip()
+    )
+    assert client_ip and client_ip not in log  # the gateway is the client seen here; only its /24 is logged
+    assert ".".join(client_ip.split(".")[:3]) + ".0" in log
+
+
+def test_requests_survive_one_engine_replica_down(deployed):
+    stack, _ = deployed
+    if stack.engines < 2:
+        pytest.skip("needs two engine replicas (split)")
+    status = endpoint(stack)
+    s = session(status["ca_bundle"])
+    auth = {"Authorization": f"Bearer {status['api_key']}"}
+    host = system.docker_client().containers.get(stack.container_name("llm1"))
+    assert host.exec_run(["docker", "stop", "llm-engine"]).exit_code == 0
+    try:
+        codes = [
+            s.post(status["url"] + "generate", headers=auth, json={"inputs": "hi"}, timeout=30).status_code
+            for _ in range(12)
+        ]
+        assert codes == [200] * 12
+    finally:
+        assert host.exec_run(["docker", "start", "llm-engine"]).exit_code == 0

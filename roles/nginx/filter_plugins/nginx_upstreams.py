@@ -7,7 +7,7 @@ def llmcloud_upstream(pair, edge_host):
     if host == edge_host:
         return "127.0.0.1"  # the engine binds 127.0.0.1 on a host that is its own edge
     if not address:
-        raise ValueError(f"llm host {host} has no private_ip in the inventory: the edge cannot reach its engine")
+        raise ValueError(f"llm host {host} has no private_ip in the inventory: the edge cannot reach it")
     return address
 
 
