@@ -76,6 +76,7 @@ test: venv ## lint, unit and integration: the command CI runs
 	$(MAKE) molecule
 	$(MAKE) integration
 
-bench: venv ## print timings: cold/warm make local, no-op converge; engine role times and recovery
+bench: venv ## print timings: make local, no-op converge; engine role times and recovery; edge overhead
 	$(BIN)/python bench/timings.py
 	$(BIN)/python bench/engine.py
+	$(BIN)/python bench/edge.py

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cryptography import x509
 
 from llmcloud import REPO_ROOT, converge, verify
 from llmcloud.local import system
@@ -514,3 +516,75 @@ def test_requests_survive_one_engine_replica_down(deployed):
         assert codes == [200] * 12
     finally:
         assert host.exec_run(["docker", "start", "llm-engine"]).exit_code == 0
+
+
+def test_acme_http01_certificate_from_pebble_and_renewal(deployed, tmp_path):
+    """certbot gets a real certificate over HTTP-01 from Pebble; renewals work and reload nginx."""
+    from pebble import pebble
+
+    stack, _ = deployed
+    if stack.topology != "split":
+        pytest.skip("one topology is enough; split has an edge of its own")
+    name = "edge.llmcloud.test"
+    client = system.docker_client()
+    network = client.networks.get(stack.network_name)
+    gateway = network.attrs["IPAM"]["Config"][0]["Gateway"]
+    edge = client.containers.get(stack.container_name("edge1"))
+    edge_ip = yaml.safe_load((stack.inventory_dir / "hosts.yml").read_text())["all"]["hosts"]["edge1"][
+        "private_ip"
+    ]
+
+    def served() -> x509.Certificate:
+        pem = ssl.get_server_certificate(("127.0.0.1", stack.https_port), timeout=10)  # SNI-less: one server
+        return x509.load_pem_x509_certificate(pem.encode())
+
+    with pebble(tmp_path, gateway, {name: edge_ip}) as acme:
+        settings = {
+            "certbot_mode": "acme_http01",
+            "certbot_domains": [name],
+            "certbot_email": "ops@example.org",
+            "certbot_acme_directory": acme["directory"],
+            "certbot_acme_ca_bundle": acme["listener_ca"],
+        }
+        apply_edge_role(stack, "certbot", **settings)
+        issued = served()
+        assert issued.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value != "localhost"
+        assert name in issued.extensions.get_extension_for_class(
+            x509.SubjectAlternativeName
+        ).value.get_values_for_type(x509.DNSName)
+        # Full verification of the served chain against Pebble's root, for the name on the certificate.
+        context = ssl.create_default_context(cafile=str(acme["issuer_root"]))
+        with (
+            socket.create_connection(("127.0.0.1", stack.https_port), timeout=10) as raw,
+            context.wrap_socket(raw, server_hostname=name) as tls,
+        ):
+            assert tls.version() in ("TLSv1.2", "TLSv1.3")
+
+        env = ["env", "REQUESTS_CA_BUNDLE=/etc/llmcloud/tls/acme-server-ca.pem"]
+        dry = edge.exec_run([*env, "certbot", "renew", "--dry-run", "--no-random-sleep-on-renew"])
+        assert dry.exit_code == 0, dry.output.decode()[-2000:]
+        forced = edge.exec_run([*env, "certbot", "renew", "--force-renewal", "--no-random-sleep-on-renew"])
+        assert forced.exit_code == 0, forced.output.decode()[-2000:]
+        deadline = time.monotonic() + 20
+        while served().serial_number == issued.serial_number and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert served().serial_number != issued.serial_number, "nginx still serves the old certificate"
+        journal = edge.exec_run(
+            ["journalctl", "-t", "llmcloud-certbot", "--no-pager", "-o", "cat"]
+        ).output.decode()
+        assert "reloaded nginx for the renewed certificate" in journal
+        # The timer's own unit runs renewals with the same trust; nothing is due, so it succeeds quietly.
+        assert edge.exec_run(["systemctl", "start", "certbot.service"]).exit_code == 0
+        # A converge with the same settings changes nothing.
+        again = subprocess.run(
+            [
+                *("ansible-playbook", "-i", str(stack.inventory_dir), "site.yml", "-l", "edge1"),
+                *("-e", json.dumps(settings)),
+            ],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        assert again.returncode == 0, again.stdout[-3000:]
+        assert re.search(r"edge1\s+:\s+ok=\d+\s+changed=0\s", again.stdout), again.stdout[-3000:]
