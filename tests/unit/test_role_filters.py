@@ -108,3 +108,46 @@ def test_daemon_json_merge_leaves_inputs_alone():
     options = {"log-opts": {"max-size": "10m"}}
     docker.docker_daemon_config(options, nvidia_runtime=True)
     assert options == {"log-opts": {"max-size": "10m"}}
+
+
+# ---- edge ------------------------------------------------------------------------------------------
+api_keys = load("oauth2_proxy", "api_keys")
+upstreams = load("nginx", "nginx_upstreams")
+
+
+def test_api_keys_reach_the_host_as_hashes_only():
+    import hashlib
+
+    key = "llmc_" + "k" * 40
+    entry = api_keys.llmcloud_api_key_entry({"name": "ci", "key": key})
+    assert entry == {"name": "ci", "sha256": hashlib.sha256(key.encode()).hexdigest()}
+    assert key not in json.dumps(entry)
+    digest = "A" * 64
+    assert api_keys.llmcloud_api_key_entry({"name": "ops", "sha256": digest}) == {
+        "name": "ops",
+        "sha256": "a" * 64,
+    }
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"name": "ci", "key": "short"}, "llmc_"),
+        ({"name": "ci", "key": "sk-" + "x" * 40}, "llmc_"),
+        ({"name": "bad name", "key": "llmc_" + "x" * 40}, "name 'bad name'"),
+        ({"name": "ci", "sha256": "not-hex"}, "64 hex digits"),
+        ({"name": "ci"}, "64 hex digits"),
+    ],
+)
+def test_bad_api_key_entries_name_the_problem_without_the_key(entry, message):
+    with pytest.raises(ValueError, match=message) as err:
+        api_keys.llmcloud_api_key_entry(entry)
+    if entry.get("key", "").startswith("llmc_"):
+        assert entry["key"] not in str(err.value)
+
+
+def test_engine_pool_uses_loopback_on_its_own_host_and_private_addresses_elsewhere():
+    assert upstreams.llmcloud_upstream(("10.0.0.5", "node1"), "node1") == "127.0.0.1"
+    assert upstreams.llmcloud_upstream(("10.0.0.7", "llm2"), "edge1") == "10.0.0.7"
+    with pytest.raises(ValueError, match="llm3 has no private_ip"):
+        upstreams.llmcloud_upstream(("", "llm3"), "edge1")

@@ -1,0 +1,82 @@
+"""llmcloud-restic (role restic's host tool): the parts that decide without restic."""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import json
+import shutil
+
+import pytest
+
+from llmcloud import REPO_ROOT
+
+_loader = importlib.machinery.SourceFileLoader(
+    "llmcloud_restic", str(REPO_ROOT / "roles/restic/files/llmcloud-restic")
+)
+_spec = importlib.util.spec_from_loader("llmcloud_restic", _loader)
+tool = importlib.util.module_from_spec(_spec)
+_loader.exec_module(tool)
+
+
+@pytest.mark.parametrize(
+    ("repository", "expected"),
+    [
+        ("sftp:restic@10.0.0.2:/srv/repo", "ssh -F CFG restic@10.0.0.2 -s sftp"),
+        ("sftp://backup@host.example:2222//srv/repo", "ssh -F CFG -p 2222 backup@host.example -s sftp"),
+        ("sftp:host.example:/srv/repo", "ssh -F CFG host.example -s sftp"),
+        ("s3:https://s3.example/bucket/node1", None),
+        ("/srv/backup/node1", None),
+    ],
+)
+def test_sftp_uses_the_roles_ssh_settings(repository, expected):
+    options = tool.sftp_options({"repository": repository, "ssh_config": "CFG"})
+    assert options == ([] if expected is None else ["-o", "sftp.command=" + expected])
+
+
+def test_credentials_in_urls_are_redacted():
+    assert (
+        tool.redact("rest:https://user:s3cret@backup.example/repo")
+        == "rest:https://user:***@backup.example/repo"
+    )
+    assert tool.redact("s3:https://s3.example/bucket") == "s3:https://s3.example/bucket"
+
+
+def test_drill_comparison_finds_changed_missing_and_mode_differences(tmp_path):
+    live = tmp_path / "live"
+    (live / "sub").mkdir(parents=True)
+    for name, data in {"a": b"alpha", "b": b"beta", "sub/c": b"gamma"}.items():
+        (live / name).write_bytes(data)
+    restored = tmp_path / "restored"
+    shutil.copytree(live, restored / str(live).lstrip("/"), symlinks=True)
+    files, size, differences = tool.compare(restored, [str(live)])
+    assert (files, size, differences) == (3, 14, [])
+
+    (live / "a").write_bytes(b"ALPHA")
+    (live / "b").chmod(0o600)
+    (live / "sub" / "c").unlink()
+    _, _, differences = tool.compare(restored, [str(live)])
+    assert sorted(differences) == sorted(
+        [
+            f"{live}/a: content differs (sha256)",
+            f"{live}/b: mode or owner differs",
+            f"{live}/sub/c: in the backup, missing on the host",
+        ]
+    )
+
+
+def test_status_and_metrics_written_for_monitoring(tmp_path):
+    config = {
+        "status_dir": str(tmp_path),
+        "host": "node1",
+        "repository": "/srv/backup/node1",
+        "metrics_dir": "",
+    }
+    tool.update_status(config, last_success_timestamp=1700000000, snapshot_id="abcd1234", bytes_added=42)
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["snapshot_id"] == "abcd1234" and status["host"] == "node1"
+    metrics = (tmp_path / "llmcloud_backup.prom").read_text()
+    assert 'llmcloud_backup_last_success_timestamp_seconds{host="node1"} 1700000000' in metrics
+    assert 'llmcloud_backup_last_bytes_added{host="node1"} 42' in metrics
+    assert 'snapshot="abcd1234"' in metrics
+    assert (tmp_path / "status.json").stat().st_mode & 0o777 == 0o644
