@@ -59,10 +59,9 @@ async def one(client, url: str, headers: dict) -> tuple[float, float] | str:
 
 
 async def level(url: str, headers: dict, verify, concurrency: int, count: int) -> dict:
-    import httpx
+    from openai import DefaultAsyncHttpxClient  # the HTTP client the openai package ships (httpx2)
 
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(verify=verify, trust_env=False, timeout=60, limits=limits) as client:
+    async with DefaultAsyncHttpxClient(verify=verify, trust_env=False, timeout=60) as client:
         gate = asyncio.Semaphore(concurrency)
 
         async def gated():

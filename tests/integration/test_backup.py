@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -120,7 +121,8 @@ def checksums(stack: LocalStack, host: str) -> dict[str, str]:
     _, out = sh(
         stack,
         host,
-        "find /etc/llmcloud /srv/llmcloud/adapters -type f -print0 | sort -z | xargs -0 sha256sum",
+        "find /etc/llmcloud /srv/llmcloud/adapters -type f -print0 2>/dev/null | sort -z"
+        " | xargs -0 sha256sum",
     )
     return {path: digest for digest, path in (line.split(maxsplit=1) for line in out.splitlines())}
 
@@ -348,29 +350,70 @@ def test_full_disk_fails_visibly_and_keeps_earlier_snapshots(stack):
         sh(stack, SOURCE, "rm -rf /srv/bulk; umount /srv/small", check=False)
 
 
-def test_restore_onto_a_fresh_host(stack):
-    """Lost VM: a new, empty llm1 comes up, restore.yml brings back its state, and the service checks pass."""
-    run = playbook(stack, "backup.yml", "-l", SOURCE)
+def served_certificate(stack: LocalStack) -> bytes:
+    """The edge certificate as served on the published HTTPS port (DER)."""
+    import ssl
+
+    return ssl.PEM_cert_to_DER_cert(ssl.get_server_certificate(("127.0.0.1", stack.https_port), timeout=10))
+
+
+def test_restore_onto_fresh_hosts(stack):
+    """Lost VMs: new, empty llm1 and edge1 come up, restore.yml brings back their state, and the service comes
+    back with the same certificate and keys: identical files, the same served certificate, a valid API key."""
+    import requests
+
+    run = playbook(stack, "backup.yml")
     assert run.returncode == 0, run.stdout[-3000:]
-    before = checksums(stack, SOURCE)
-    assert ADAPTER in before and "/etc/llmcloud/engine/hf_token" in before
+    before = {host: checksums(stack, host) for host in (SOURCE, "edge1")}
+    assert ADAPTER in before[SOURCE] and "/etc/llmcloud/engine/hf_token" in before[SOURCE]
+    assert "/etc/llmcloud/tls/ca/ca.key" in before["edge1"]
+    certificate = served_certificate(stack)
 
     client = system.docker_client()
-    client.containers.get(stack.container_name(SOURCE)).remove(force=True)
-    client.volumes.get(f"llmcloud-{stack.name}-{SOURCE}-docker").remove(force=True)
-    stack.up(Progress("fresh host"))
+    for host in (SOURCE, "edge1"):
+        client.containers.get(stack.container_name(host)).remove(force=True)
+        client.volumes.get(f"llmcloud-{stack.name}-{host}-docker").remove(force=True)
+    stack.up(Progress("fresh hosts"))
     assert sh(stack, SOURCE, f"test -e {ADAPTER}", check=False)[0] != 0, "the new host is not fresh"
+    assert sh(stack, "edge1", "test -e /etc/llmcloud/tls", check=False)[0] != 0, "the new edge is not fresh"
 
     began = time.monotonic()
-    run = playbook(stack, "restore.yml", "-l", SOURCE)
+    run = playbook(stack, "restore.yml")
     took = time.monotonic() - began
     assert run.returncode == 0, run.stdout[-4000:]
-    assert re.search(r"restored [0-9a-f]{8}", run.stdout)
-    after = checksums(stack, SOURCE)
-    print(f"restore.yml onto a fresh host, converge included: {took:.1f}s")
-    assert after == before, {
-        p: (before.get(p), after.get(p)) for p in set(before) | set(after) if before.get(p) != after.get(p)
-    }
+    assert len(re.findall(r"restored [0-9a-f]{8}", run.stdout)) == 2
+    print(f"restore.yml onto two fresh hosts, converge included: {took:.1f}s")
+    for host in (SOURCE, "edge1"):
+        after = checksums(stack, host)
+        missing_or_changed = {p for p in before[host] if before[host][p] != after.get(p)}
+        assert not missing_or_changed, f"{host}: {sorted(missing_or_changed)}"
+    assert served_certificate(stack) == certificate, "the edge serves a new certificate, not the restored one"
+
+    status = json.loads(
+        subprocess.run(
+            [
+                *(
+                    str(Path(sys.executable).parent / "llmcloud"),
+                    "local",
+                    "status",
+                    "--json",
+                    "--stack",
+                    stack.name,
+                ),
+                *("--inventory-root", str(stack.inventory_root)),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    reply = requests.get(
+        status["openai_base_url"] + "/models",
+        headers={"Authorization": f"Bearer {status['api_key']}"},
+        verify=status["ca_bundle"],
+        timeout=20,
+    )
+    assert reply.status_code == 200
     assert verify.verify(stack.inventory_dir) == 0
 
 

@@ -105,7 +105,7 @@ def test_converge_restores_a_firewall_changed_by_hand(deployed):
     container = system.docker_client().containers.get(stack.container_name(host))
     hole = ["nft", "insert", "rule", "inet", "llmcloud_filter", "input", "tcp", "dport", "47813", "accept"]
     assert container.exec_run(hole).exit_code == 0
-    result = converge.converge(stack.inventory_dir, Progress("repair"))
+    result = converge.converge(stack.inventory_dir, Progress("repair"), limit=host)
     assert result.ok, result.failures
     assert result.changed().get(host), "converge did not notice the changed firewall"
     live = container.exec_run(["nft", "list", "chain", "inet", "llmcloud_filter", "input"]).output.decode()
@@ -325,12 +325,11 @@ def test_a_user_outside_the_allowed_domain_is_refused(deployed):
 
 
 def test_openai_client_with_an_api_key_streams_through_verified_tls(deployed):
-    import httpx
-    from openai import OpenAI
+    from openai import DefaultHttpxClient, OpenAI
 
     stack, _ = deployed
     status = endpoint(stack)
-    with httpx.Client(verify=status["ca_bundle"], trust_env=False, timeout=30) as http:
+    with DefaultHttpxClient(verify=status["ca_bundle"], trust_env=False, timeout=30) as http:
         client = OpenAI(base_url=status["openai_base_url"], api_key=status["api_key"], http_client=http)
         model = client.models.list().data[0].id
         chat = client.chat.completions.create(
