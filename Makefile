@@ -67,7 +67,7 @@ molecule: venv ## each role on its own with Molecule: create, converge, idempote
 	  if [ -d $$role/molecule ]; then (cd $$role && LLMCLOUD_BASE_IMAGE=$$image $(CURDIR)/$(BIN)/molecule test) || exit 1; fi; \
 	done
 
-integration: venv ## both topologies on fresh local hosts, idempotence, testinfra; always torn down
+integration: venv ## both topologies, edge and backups on fresh local hosts, idempotence, testinfra; torn down
 	$(BIN)/pytest -m integration tests/integration
 
 test: venv ## lint, unit and integration: the command CI runs
@@ -76,7 +76,8 @@ test: venv ## lint, unit and integration: the command CI runs
 	$(MAKE) molecule
 	$(MAKE) integration
 
-bench: venv ## print timings: make local, no-op converge; engine role times and recovery; edge overhead
+bench: venv ## print timings: make local, no-op converge; engine roles and recovery; edge overhead; backups
 	$(BIN)/python bench/timings.py
 	$(BIN)/python bench/engine.py
 	$(BIN)/python bench/edge.py
+	$(BIN)/python bench/backup.py

@@ -587,3 +587,11 @@ def test_acme_http01_certificate_from_pebble_and_renewal(deployed, tmp_path):
         )
         assert again.returncode == 0, again.stdout[-3000:]
         assert re.search(r"edge1\s+:\s+ok=\d+\s+changed=0\s", again.stdout), again.stdout[-3000:]
+        renewed = served()
+
+    # Pebble is gone: a renewal fails loudly and the certificate in service stays.
+    env = ["env", "REQUESTS_CA_BUNDLE=/etc/llmcloud/tls/acme-server-ca.pem"]
+    failed = edge.exec_run([*env, "certbot", "renew", "--force-renewal", "--no-random-sleep-on-renew"])
+    assert failed.exit_code != 0
+    assert "failed" in failed.output.decode().lower()
+    assert served().serial_number == renewed.serial_number
