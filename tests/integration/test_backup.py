@@ -310,6 +310,10 @@ def sftp_round(stack: LocalStack, key: Path, server_ip: str, host_key: list[str]
                 sh(stack, SOURCE, "systemctl is-failed llmcloud-backup.service", check=False)[1].strip()
                 == "failed"
             )
+            # OnFailure= starts the recording unit right after the failure: wait for it.
+            deadline = time.monotonic() + 20
+            while "last_failure_unit" not in status(stack, SOURCE) and time.monotonic() < deadline:
+                time.sleep(0.3)
             failed = status(stack, SOURCE)
             assert failed["last_failure_unit"] == "llmcloud-backup.service"
             assert failed["snapshot_id"] == good  # the last good snapshot is still the one reported
