@@ -109,6 +109,11 @@ def pebble(workdir: Path, gateway: str, names: dict[str, str]):
                 "",
                 "-tlsalpn01",
                 "",
+                # Only the A records set below: no default AAAA (::1) that Pebble would try first.
+                "-defaultIPv6",
+                "",
+                "-defaultIPv4",
+                "",
                 "-management",
                 f"127.0.0.1:{mgmt}",
             ],

@@ -560,7 +560,18 @@ def test_acme_http01_certificate_from_pebble_and_renewal(deployed, tmp_path):
             assert tls.version() in ("TLSv1.2", "TLSv1.3")
 
         env = ["env", "REQUESTS_CA_BUNDLE=/etc/llmcloud/tls/acme-server-ca.pem"]
-        dry = edge.exec_run([*env, "certbot", "renew", "--dry-run", "--no-random-sleep-on-renew"])
+        # --server: certbot's dry run would use Let's Encrypt's staging server otherwise.
+        dry = edge.exec_run(
+            [
+                *env,
+                "certbot",
+                "renew",
+                "--dry-run",
+                "--no-random-sleep-on-renew",
+                "--server",
+                acme["directory"],
+            ]
+        )
         assert dry.exit_code == 0, dry.output.decode()[-2000:]
         forced = edge.exec_run([*env, "certbot", "renew", "--force-renewal", "--no-random-sleep-on-renew"])
         assert forced.exit_code == 0, forced.output.decode()[-2000:]
