@@ -13,7 +13,6 @@ import os
 import socket
 import ssl
 import subprocess
-import time
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from helpers import free_port, wait_for_port
 
 
 def _listener_cert(directory: Path, address: str) -> Path:
@@ -73,30 +73,13 @@ def _listener_cert(directory: Path, address: str) -> Path:
     return directory / "ca.pem"
 
 
-def _free_port(address: str, kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as probe:
-        probe.bind((address, 0))
-        return probe.getsockname()[1]
-
-
-def _wait(address: str, port: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection((address, port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise TimeoutError(f"{address}:{port} did not open")
-
-
 @contextmanager
 def pebble(workdir: Path, gateway: str, names: dict[str, str]):
     """Run Pebble and challtestsrv; `names` maps DNS names to addresses. Yields what clients need."""
     listener_ca = _listener_cert(workdir, gateway)
-    dns_port = _free_port(gateway, socket.SOCK_DGRAM)
-    mgmt = _free_port("127.0.0.1")
-    acme, pebble_mgmt = _free_port(gateway), _free_port("127.0.0.1")
+    dns_port = free_port(gateway, socket.SOCK_DGRAM)
+    mgmt = free_port("127.0.0.1")
+    acme, pebble_mgmt = free_port(gateway), free_port("127.0.0.1")
     procs = [
         subprocess.Popen(
             [
@@ -122,7 +105,7 @@ def pebble(workdir: Path, gateway: str, names: dict[str, str]):
         )
     ]
     try:
-        _wait("127.0.0.1", mgmt)
+        wait_for_port("127.0.0.1", mgmt)
         for name, address in names.items():
             body = json.dumps({"host": name, "addresses": [address]}).encode()
             urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{mgmt}/add-a", body), timeout=10)
@@ -152,7 +135,7 @@ def pebble(workdir: Path, gateway: str, names: dict[str, str]):
                 stderr=subprocess.STDOUT,
             )
         )
-        _wait(gateway, acme)
+        wait_for_port(gateway, acme)
         context = ssl.create_default_context(cafile=str(listener_ca))
         context.check_hostname = (
             False  # the management API is on 127.0.0.1; the certificate names the gateway

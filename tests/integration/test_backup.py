@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import endpoint, free_port, wait_for_port
 
 from llmcloud import REPO_ROOT, converge, verify
 from llmcloud.keys import ensure_ed25519
@@ -136,14 +136,6 @@ def private_ip(stack: LocalStack, host: str) -> str:
 def gateway(stack: LocalStack) -> str:
     network = system.docker_client().networks.get(stack.network_name)
     return network.attrs["IPAM"]["Config"][0]["Gateway"]
-
-
-def free_port(address: str) -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind((address, 0))
-        return probe.getsockname()[1]
 
 
 # ---- the tests ---------------------------------------------------------------------------------
@@ -393,24 +385,7 @@ def test_restore_onto_fresh_hosts(stack):
         assert not missing_or_changed, f"{host}: {sorted(missing_or_changed)}"
     assert served_certificate(stack) == certificate, "the edge serves a new certificate, not the restored one"
 
-    status = json.loads(
-        subprocess.run(
-            [
-                *(
-                    str(Path(sys.executable).parent / "llmcloud"),
-                    "local",
-                    "status",
-                    "--json",
-                    "--stack",
-                    stack.name,
-                ),
-                *("--inventory-root", str(stack.inventory_root)),
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    )
+    status = endpoint(stack)
     reply = requests.get(
         status["openai_base_url"] + "/models",
         headers={"Authorization": f"Bearer {status['api_key']}"},
@@ -419,16 +394,3 @@ def test_restore_onto_fresh_hosts(stack):
     )
     assert reply.status_code == 200
     assert verify.verify(stack.inventory_dir) == 0
-
-
-def wait_for_port(address: str, port: int, timeout: float = 30) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection((address, port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.2)
-    pytest.fail(f"{address}:{port} did not open within {timeout}s")

@@ -11,16 +11,15 @@ import re
 import socket
 import ssl
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
 from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 import yaml
 from cryptography import x509
+from helpers import endpoint
 
 from llmcloud import REPO_ROOT, converge, verify
 from llmcloud.local import system
@@ -255,29 +254,6 @@ def test_up_again_reuses_the_hosts(deployed):
 
 
 # ---- the edge: TLS, login, API keys --------------------------------------------------------------
-def endpoint(stack: LocalStack) -> dict:
-    """What `llmcloud local status --json` prints for scripts and outside clients."""
-    out = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "llmcloud"),
-            "local",
-            "status",
-            "--json",
-            "--stack",
-            stack.name,
-            "--inventory-root",
-            str(stack.inventory_root),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    status = json.loads(out.stdout)
-    assert status["url"] == f"https://localhost:{stack.https_port}/"
-    assert Path(status["ca_bundle"]).is_file() and status["api_key"].startswith("llmc_")
-    return status
-
-
 def session(ca_bundle: str):
     import requests
 
