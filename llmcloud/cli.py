@@ -4,6 +4,8 @@ llmcloud local up [--topology single|split] [--engines N] [--hosts-only]
 llmcloud local down | status [--json]
 llmcloud converge [-i inventory/<stack>]
 llmcloud verify   [-i inventory/<stack>]
+llmcloud cloud up [--port-base N] | down | status [--json]     a local OpenStack cloud for tests
+llmcloud cloud pulumi STACK preview|up|destroy [--config k=v]   the program on it, with the real engine
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ def parser() -> argparse.ArgumentParser:
     _stack_args(status)
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
+    _cloud_parser(sub)
     for name, text in (("converge", "apply site.yml to an inventory"), ("verify", "run tests/infra")):
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument(
@@ -78,6 +81,107 @@ def parser() -> argparse.ArgumentParser:
             help="inventory directory (default: inventory/local)",
         )
     return top
+
+
+def _cloud_parser(sub) -> None:
+    from llmcloud.cloud.configs import Ports
+    from llmcloud.cloud.controlplane import DEFAULT_WORKDIR
+
+    cloud = sub.add_parser("cloud", help="a local OpenStack cloud (real services, fake hypervisor) for tests")
+    csub = cloud.add_subparsers(dest="action", required=True)
+    workdir = {"type": Path, "default": DEFAULT_WORKDIR, "help": f"state, logs, pids (default {DEFAULT_WORKDIR})"}
+    up = csub.add_parser("up", help="start the cloud from a clean state and seed a de.NBI-like project")
+    up.add_argument("--workdir", **workdir)
+    up.add_argument(
+        "--port-base",
+        type=int,
+        default=Ports.base,
+        help=f"first of the 127.0.0.1 ports the cloud uses (default {Ports.base}; it uses 24 from there)",
+    )
+    down = csub.add_parser("down", help="stop every process of the cloud and remove its state")
+    down.add_argument("--workdir", **workdir)
+    status = csub.add_parser("status", help="the cloud's processes, ports and logs")
+    status.add_argument("--workdir", **workdir)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    pulumi = csub.add_parser("pulumi", help="run a stack of stacks/ on the cloud with the Pulumi engine")
+    pulumi.add_argument("--workdir", **workdir)
+    pulumi.add_argument("stack", help="a stack of stacks/ (Pulumi.<stack>.yaml)")
+    pulumi.add_argument("operation", choices=("preview", "up", "destroy", "outputs"))
+    pulumi.add_argument(
+        "--config", action="append", default=[], metavar="KEY=VALUE", help="override a setting (repeatable)"
+    )
+    pulumi.add_argument(
+        "--secret", action="append", default=[], metavar="KEY=VALUE", help="set a secret setting (repeatable)"
+    )
+    pulumi.add_argument("--exclude-protected", action="store_true", help="destroy: keep protected resources")
+
+
+def _cloud(args) -> int:
+    from llmcloud.cloud.controlplane import Cloud
+
+    cloud = Cloud(args.workdir)
+    if args.action == "up":
+        progress = Progress("llmcloud cloud up")
+        cloud.up(args.port_base, progress)
+        progress.summary()
+        _print_cloud(cloud)
+        return 0
+    if args.action == "down":
+        cloud.down()
+        return 0
+    if args.action == "status":
+        services = [dataclasses.asdict(s) for s in cloud.services()]
+        if args.json:
+            print(json.dumps({"workdir": str(cloud.work), "up": cloud.is_up(), "services": services}, indent=2))
+        else:
+            _print_cloud(cloud)
+        return 0 if cloud.is_up() else 3
+    return _cloud_pulumi(cloud, args)
+
+
+def _print_cloud(cloud) -> None:
+    services = cloud.services()
+    if not services:
+        print(f"no local cloud in {cloud.work} (start one: llmcloud cloud up)")
+        return
+    print(f"local cloud in {cloud.work}: {'up' if cloud.is_up() else 'DEGRADED'}")
+    for s in services:
+        port = f"127.0.0.1:{s.port}" if s.port else ""
+        print(f"  {s.name:<18} pid {s.pid:<8} {'running' if s.alive else 'DEAD':<8} {port:<16} {s.log}")
+    print(f"\n  clouds.yaml: {cloud.clouds_yaml}  (OS_CLIENT_CONFIG_FILE; clouds llmcloud-local, llmcloud-local-admin)")
+
+
+def _cloud_pulumi(cloud, args) -> int:
+    from llmcloud.cloud.automation import CloudStack
+    from llmcloud.cloud.pulumi_engine import ensure_engine
+
+    def pairs(items: list[str], flag: str) -> dict[str, str]:
+        out = {}
+        for item in items:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise UserError(f"{flag} {item!r} is not KEY=VALUE", f"e.g. {flag} llmcloud:configure=false")
+            out[key] = value
+        return out
+
+    cloud.settings()  # fails clearly when no cloud is up
+    progress = Progress(f"pulumi {args.operation} ({args.stack})")
+    engine = ensure_engine(progress)
+    stack = CloudStack(
+        args.stack,
+        cloud=cloud,
+        engine=engine,
+        overrides=pairs(args.config, "--config"),
+        secrets_=pairs(args.secret, "--secret"),
+    )
+    if args.operation == "preview":
+        stack.preview(on_output=print)
+    elif args.operation == "up":
+        stack.up(on_output=print)
+    elif args.operation == "destroy":
+        stack.destroy(exclude_protected=args.exclude_protected, on_output=print)
+    print(json.dumps(stack.outputs(), indent=2))
+    return 0
 
 
 def _local_stack(args):
@@ -135,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args) -> int:
     from llmcloud import converge, verify
 
+    if args.command == "cloud":
+        return _cloud(args)
     if args.command == "converge":
         progress = Progress("converge")
         converge.converge_or_fail(args.inventory, progress)

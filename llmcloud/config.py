@@ -356,6 +356,8 @@ class StackConfig(_Model):
     backup: Backup = Backup()
     #: Run Ansible and the checks after the VMs exist.
     configure: bool = True
+    #: Seconds `pulumi up` waits for each VM's SSH and cloud-init before it fails.
+    configure_timeout: int = Field(default=1200, ge=10, le=7200)
     #: Let `pulumi destroy` delete data volumes and backup storage.
     allow_data_loss: bool = False
     # Secrets: set with `pulumi config set --secret`; never printed.

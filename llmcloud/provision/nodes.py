@@ -122,7 +122,9 @@ class Node(pulumi.ComponentResource):
             block_devices=block_devices,
             user_data=user_data,
             metadata={"llmcloud-stack": stack, "llmcloud-role": role},
-            opts=child,
+            # The replacement boots on the same port with the same data volume, which the old VM holds
+            # until it is deleted: delete first (Pulumi's default is create first, which fails here).
+            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
         )
         self.private_ip = port.all_fixed_ips[0]
         self.public_ip = None

@@ -11,11 +11,10 @@ from typing import Any
 
 import pulumi
 import pulumi_openstack as openstack
-import pulumi_random as random
 
 from llmcloud import REPO_ROOT, inventory
 from llmcloud.config import BackupTarget, ConfigError, StackConfig, Topology, from_pulumi
-from llmcloud.provision import DATA_MOUNT, ENGINE_PORT, NFS_MOUNT
+from llmcloud.provision import DATA_MOUNT, ENGINE_PORT, NFS_MOUNT, preflight
 from llmcloud.provision.backup import BackupStorage
 from llmcloud.provision.configure import Configure, configuration_digest
 from llmcloud.provision.network import Network
@@ -74,14 +73,35 @@ def _secret(value) -> pulumi.Output[str] | None:
     return pulumi.Output.secret(value.get_secret_value()) if value is not None else None
 
 
-def program(config: StackConfig | None = None, inventory_root: Path | None = None) -> dict[str, Any]:
-    """Declare the stack. Returns the exported outputs (also for tests)."""
+def _under_mocks() -> bool:
+    from pulumi.runtime import mocks, settings
+
+    return isinstance(settings.SETTINGS.monitor, mocks.MockMonitor)
+
+
+def program(
+    config: StackConfig | None = None,
+    inventory_root: Path | None = None,
+    check_cloud: bool | None = None,
+) -> dict[str, Any]:
+    """Declare the stack. Returns the exported outputs (also for tests).
+
+    ``check_cloud``: ask the cloud whether it can build the stack before declaring anything (preflight.py);
+    by default on, except under Pulumi's mocks, where there is no cloud to ask.
+    """
     try:
         cfg = config or from_pulumi()
     except ConfigError as err:
         raise pulumi.RunError(str(err)) from None
     stack = pulumi.get_stack()
     prefix = f"{cfg.name_prefix}-{stack}"
+    if check_cloud if check_cloud is not None else not _under_mocks():
+        try:
+            preflight.check(cfg, prefix, pulumi.Config("openstack").get("cloud"))
+        except preflight.PreflightError as err:
+            raise pulumi.RunError(
+                "the cloud cannot build this stack; nothing was created:\n  " + "\n  ".join(err.problems)
+            ) from None
     inventory_dir = (inventory_root or REPO_ROOT / "inventory") / stack
     split = cfg.topology == Topology.split
 
@@ -134,12 +154,10 @@ def program(config: StackConfig | None = None, inventory_root: Path | None = Non
             f"{prefix}-backup", cfg.backup, [n.private_ip for n in all_nodes.values()], cfg.allow_data_loss
         )
 
-    cookie = _secret(cfg.cookie_secret)
-    if cookie is None:
-        cookie = random.RandomPassword(f"{prefix}-cookie-secret", length=32, special=False).result
+    # Without cookieSecret, the oauth2_proxy role makes one on the edge and keeps it (and backs it up).
     secrets = {
         "oauth2_proxy_client_secret": _secret(cfg.oauth_client_secret),
-        "oauth2_proxy_cookie_secret": cookie,
+        "oauth2_proxy_cookie_secret": _secret(cfg.cookie_secret),
         "llm_engine_hf_token": _secret(cfg.hf_token),
         "restic_password": _secret(cfg.restic_password),
     }
@@ -238,7 +256,7 @@ def program(config: StackConfig | None = None, inventory_root: Path | None = Non
                 "hosts": hosts,
                 "ssh_user": DEPLOY_USER,
                 "ssh_key_file": None,
-                "timeout": 1200,
+                "timeout": cfg.configure_timeout,
                 "verify": True,
             },
             opts=pulumi.ResourceOptions(depends_on=[n.instance for n in all_nodes.values()]),

@@ -38,8 +38,6 @@ class Mocks(pulumi.runtime.Mocks):
             state["address"] = f"203.0.113.{self.host_number(args.name)}"
         elif args.typ == "openstack:sharedfilesystem/share:Share":
             state["exportLocations"] = [{"path": "10.0.5.5:/volumes/_nogroup/backup", "preferred": True}]
-        elif args.typ == "random:index/randomPassword:RandomPassword":
-            state["result"] = "g" * 32
         return [f"{args.name}-id", state]
 
     def call(self, args: pulumi.runtime.MockCallArgs):
@@ -236,7 +234,14 @@ def test_secrets_stay_out_of_the_main_inventory(tmp_path):
     secrets = yaml.safe_load(secrets_file.read_text())
     assert secrets["llm_engine_hf_token"] == "hf_secret_token"
     assert secrets["oauth2_proxy_client_secret"] == "s3cret"
-    assert len(secrets["oauth2_proxy_cookie_secret"]) == 32  # generated
+    # No pulumi-random: without cookieSecret the oauth2_proxy role makes the cookie secret on the edge.
+    assert "oauth2_proxy_cookie_secret" not in secrets
+
+
+def test_a_given_cookie_secret_reaches_the_role(tmp_path):
+    _, _, inv = deploy(tmp_path, cookieSecret="c" * 32)
+    secrets = yaml.safe_load((inv / "group_vars" / "all" / "01-secrets.yml").read_text())
+    assert secrets["oauth2_proxy_cookie_secret"] == "c" * 32
 
 
 def test_backup_share_granted_to_every_node(tmp_path):
@@ -293,5 +298,5 @@ def test_ansible_reads_the_provisioned_inventory(tmp_path):
     assert llm1["ansible_ssh_common_args"].endswith("-o ProxyJump=alice@jump.example.org,deploy@10.42.0.10")
     assert llm1["admin_cidrs"] == ["192.0.2.0/24", "10.42.0.10/32"]
     assert view["_meta"]["hostvars"]["edge1"]["admin_cidrs"] == ["192.0.2.0/24"]
-    assert llm1["oauth2_proxy_cookie_secret"] == "g" * 32  # from 01-secrets.yml
+    assert llm1["oauth2_proxy_client_secret"] == "s3cret"  # from 01-secrets.yml
     assert sorted(view["llm"]["hosts"]) == ["llm1", "llm2"]

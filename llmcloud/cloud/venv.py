@@ -1,0 +1,63 @@
+"""The OpenStack services' own venv: pinned (requirements-openstack.txt), built once, cached by a hash of its pins
+and of the glue package, so a change to either builds a new one and an unchanged tree reuses it."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from llmcloud.errors import UserError
+from llmcloud.progress import Progress
+
+HERE = Path(__file__).resolve().parent
+PINS = HERE / "requirements-openstack.txt"
+GLUE = HERE / "glue"
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "llmcloud"
+
+
+def pins_digest() -> str:
+    digest = hashlib.sha256(PINS.read_bytes())
+    for path in sorted(p for p in GLUE.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        if ".egg-info" in str(path) or "/build/" in str(path):
+            continue
+        digest.update(str(path.relative_to(GLUE)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def services_venv(progress: Progress) -> Path:
+    venv = cache_root() / f"openstack-venv-{pins_digest()}"
+    if (venv / ".complete").exists():
+        progress.log(f"cached: {venv}")
+        return venv
+    shutil.rmtree(venv, ignore_errors=True)
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    progress.log(f"creating {venv} (about a minute; 830 MB)")
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-compile",
+           "--disable-pip-version-check"]  # fmt: skip
+    steps = [
+        ([sys.executable, "-m", "venv", str(venv)], "creating the venv"),
+        ([*pip, "--requirement", str(PINS)], f"pip install -r {PINS.name}"),
+        # A copy of the glue, so the build leaves nothing in the repository.
+        ([*pip, "--no-deps", str(_glue_copy(venv))], "installing the glue (llmcloud-cloud-glue)"),
+    ]
+    for argv, what in steps:
+        result = subprocess.run(argv, capture_output=True, text=True)
+        if result.returncode != 0:
+            tail = "\n    ".join((result.stderr or result.stdout).strip().splitlines()[-6:])
+            raise UserError(f"{what} failed for the local cloud's venv", f"the error:\n    {tail}")
+    (venv / ".complete").write_text(pins_digest() + "\n")
+    return venv
+
+
+def _glue_copy(venv: Path) -> Path:
+    target = venv / "src" / "glue"
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(GLUE, target, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "build"))
+    return target

@@ -1,0 +1,158 @@
+"""Check the stack's settings against the cloud before anything is created.
+
+The provider's own errors name Terraform attributes or say "Your query returned no results", and a quota that
+runs out half-way leaves some VMs made and others not. These checks run in `pulumi preview` and at the start of
+`pulumi up`, ask the cloud once with the same credentials the provider uses, and report every problem at once,
+each naming the setting and the fix. Nothing exists yet when they fail.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+from llmcloud.config import BackupTarget, StackConfig, Topology
+
+
+class PreflightError(Exception):
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the stack needs from the cloud: VMs by name (with their flavor) and volumes."""
+
+    servers: dict[str, str]  # server name -> flavor name
+    volume_gb: dict[str, int]  # volume name -> size
+    floating_ips: int
+
+
+def plan(cfg: StackConfig, prefix: str) -> Plan:
+    servers = {f"{prefix}-llm{i}": cfg.engine_node.flavor for i in range(1, cfg.replicas + 1)}
+    if cfg.topology == Topology.split:
+        servers[f"{prefix}-edge1"] = cfg.edge_node.flavor
+    volumes = {f"{name}-data": cfg.engine_node.data_volume_size for name in servers if not name.endswith("-edge1")}
+    for name, node in ((n, cfg.engine_node if not n.endswith("-edge1") else cfg.edge_node) for n in servers):
+        if node.boot_volume_size:
+            volumes[f"{name}-boot"] = node.boot_volume_size
+    return Plan(servers, volumes, 1 if cfg.reach.floating_ip_pool else 0)
+
+
+def connect(cloud: str | None):
+    """A connection with the credentials the provider uses: `openstack:cloud`, else OS_CLOUD, else OS_* vars."""
+    import openstack
+    from openstack import exceptions
+
+    name = cloud or os.environ.get("OS_CLOUD")
+    where = "openstack:cloud" if cloud else ("OS_CLOUD" if name else "the OS_* variables")
+    try:
+        conn = openstack.connect(cloud=name) if name else openstack.connect()
+        conn.authorize()
+    except exceptions.ConfigException as exc:
+        raise PreflightError(
+            [
+                f"{where}: {exc}; fix: download clouds.yaml from Horizon (Identity → Application Credentials) "
+                "to ~/.config/openstack/clouds.yaml and set openstack:cloud to its entry's name"
+            ]
+        ) from None
+    except exceptions.HttpException as exc:
+        status = getattr(exc, "status_code", None)
+        cause = "the cloud refused the credentials" if status in (401, 403) else "the cloud answered with an error"
+        raise PreflightError(
+            [
+                f"{where} ({name or 'environment'}): {cause} (HTTP {status}); fix: check the application "
+                "credential in clouds.yaml (expired or deleted?) and make a new one in Horizon if needed"
+            ]
+        ) from None
+    except exceptions.SDKException as exc:
+        raise PreflightError(
+            [f"{where} ({name or 'environment'}): cannot reach the cloud ({exc}); fix: check auth_url and network"]
+        ) from None
+    return conn
+
+
+def check(cfg: StackConfig, prefix: str, cloud: str | None) -> None:
+    """Raise PreflightError with every problem found; return quietly when the cloud can build the stack."""
+    conn = connect(cloud)
+    problems: list[str] = []
+    need = plan(cfg, prefix)
+
+    flavors = {f.name: f for f in conn.compute.flavors(details=True)}
+    nodes = [("engineNode", cfg.engine_node)]
+    if cfg.topology == Topology.split:
+        nodes.append(("edgeNode", cfg.edge_node))
+    for key, node in nodes:
+        if node.flavor not in flavors:
+            problems.append(
+                f"llmcloud:{key}.flavor: no flavor {node.flavor!r} in this project; "
+                f"fix: one of {', '.join(sorted(flavors)) or '(none)'}"
+            )
+    images = [i.name for i in conn.image.images() if i.name]
+    for key, node in nodes:
+        if node.image and node.image not in images:
+            problems.append(f"llmcloud:{key}.image: no image named {node.image!r}; fix: `openstack image list`")
+        elif node.image_pattern and not any(re.search(node.image_pattern, name) for name in images):
+            problems.append(
+                f"llmcloud:{key}.imagePattern: {node.image_pattern!r} matches none of the {len(images)} images; "
+                f"fix: a pattern for one of {', '.join(sorted(images)[:8]) or '(none)'}"
+            )
+
+    def network(key: str, name: str, external: bool) -> None:
+        found = conn.network.find_network(name)
+        if found is None:
+            externals = sorted(n.name for n in conn.network.networks(is_router_external=True))
+            hint = f"one of the external networks {', '.join(externals)}" if external else "`openstack network list`"
+            problems.append(f"llmcloud:{key}: no network {name!r} in this project; fix: {hint}")
+        elif external and not found.is_router_external:
+            problems.append(f"llmcloud:{key}: {name!r} is not an external network; fix: the cloud's public network")
+
+    if cfg.network.existing:
+        network("network.existing", cfg.network.existing, external=False)
+    elif cfg.network.external_network:
+        network("network.externalNetwork", cfg.network.external_network, external=True)
+    if cfg.reach.floating_ip_pool:
+        network("reach.floatingIpPool", cfg.reach.floating_ip_pool, external=True)
+    if cfg.keypair_name and conn.compute.find_keypair(cfg.keypair_name) is None:
+        problems.append(f"llmcloud:keypairName: no keypair {cfg.keypair_name!r}; fix: `openstack keypair list`")
+    if cfg.backup.target == BackupTarget.manila and not conn.has_service("sharev2"):
+        problems.append("llmcloud:backup.target: manila, but this cloud has no shared file systems; fix: swift")
+    if cfg.backup.target == BackupTarget.swift and not conn.has_service("object-store"):
+        problems.append("llmcloud:backup.target: swift, but this cloud has no object storage; fix: manila or none")
+
+    if not problems:
+        problems.extend(_quota(conn, need, flavors))
+    if problems:
+        raise PreflightError(problems)
+
+
+def _quota(conn, need: Plan, flavors: dict) -> list[str]:
+    """Headroom for what this run adds (servers and volumes that do not exist yet), not for what exists."""
+    existing_servers = {s.name for s in conn.compute.servers()}
+    new = {name: flavor for name, flavor in need.servers.items() if name not in existing_servers}
+    existing_volumes = {v.name for v in conn.block_storage.volumes()}
+    new_gb = sum(size for name, size in need.volume_gb.items() if name not in existing_volumes)
+    new_volumes = sum(1 for name in need.volume_gb if name not in existing_volumes)
+    problems = []
+    limits = conn.compute.get_limits().absolute
+
+    def over(what: str, adds: int, used: int, limit: int, unit: str = "") -> None:
+        if limit >= 0 and adds and used + adds > limit:
+            problems.append(
+                f"quota: this run adds {adds}{unit} {what}, the project uses {used}{unit} of {limit}{unit}; "
+                "fix: ask the cloud's operators for more quota (de.NBI: the project's resource request), "
+                "or lower llmcloud:replicas / the node sizes"
+            )
+
+    over("instances", len(new), limits.instances_used, limits.instances)
+    over("vCPUs", sum(flavors[f].vcpus for f in new.values()), limits.total_cores_used, limits.total_cores)
+    over("MiB of RAM", sum(flavors[f].ram for f in new.values()), limits.total_ram_used, limits.total_ram)
+    try:
+        vol = conn.block_storage.get_limits().absolute
+        over("volumes", new_volumes, vol.total_volumes_used, vol.max_total_volumes)
+        over("GB of volume storage", new_gb, vol.total_gigabytes_used, vol.max_total_volume_gigabytes)
+    except Exception:  # a cloud without Cinder limits: the provider reports it
+        pass
+    return problems
