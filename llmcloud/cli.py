@@ -174,12 +174,19 @@ def _cloud_pulumi(cloud, args) -> int:
         overrides=pairs(args.config, "--config"),
         secrets_=pairs(args.secret, "--secret"),
     )
-    if args.operation == "preview":
-        stack.preview(on_output=print)
-    elif args.operation == "up":
-        stack.up(on_output=print)
-    elif args.operation == "destroy":
-        stack.destroy(exclude_protected=args.exclude_protected, on_output=print)
+    from pulumi.automation import CommandError
+
+    try:
+        if args.operation == "preview":
+            stack.preview(on_output=print)
+        elif args.operation == "up":
+            stack.up(on_output=print)
+        elif args.operation == "destroy":
+            stack.destroy(exclude_protected=args.exclude_protected, on_output=print)
+    except CommandError:
+        # The engine's output, diagnostics included, was printed as it came.
+        print(f"llmcloud: error: pulumi {args.operation} of {args.stack} failed (see above)", file=sys.stderr)
+        return 1
     print(json.dumps(stack.outputs(), indent=2))
     return 0
 

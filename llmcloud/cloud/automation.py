@@ -8,8 +8,10 @@ unmodified `stacks/Pulumi.<stack>.yaml`, with the overrides a test gives (the cl
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -58,6 +60,8 @@ class CloudStack:
             **(extra_env or {}),
         }
         self.env = env
+        # The inline program (and its preflight) runs in this process: it reads the same clouds.yaml.
+        os.environ["OS_CLIENT_CONFIG_FILE"] = str(cloud.clouds_yaml)
         options = auto.LocalWorkspaceOptions(
             work_dir=str(self.workdir),
             pulumi_home=str(engine.pulumi_home),
@@ -104,6 +108,19 @@ class CloudStack:
 
     def outputs(self) -> dict[str, Any]:
         return {k: v.value for k, v in self.stack.outputs().items()}
+
+    def reset(self) -> None:
+        """Delete whatever an earlier, interrupted run left in this stack, protected resources too."""
+        if not self.stack.export_stack().deployment.get("resources"):
+            return
+        subprocess.run(
+            [str(self.engine.cli), "state", "unprotect", "--all", "--yes", "--stack", self.name],
+            cwd=self.workdir,
+            env={**os.environ, **self.env},
+            check=True,
+            capture_output=True,
+        )
+        self.destroy()
 
     def remove(self) -> None:
         """Forget the stack (its state), after its resources are gone."""

@@ -8,7 +8,9 @@ create()/update(), never in __init__, because Pulumi pickles the provider.
 from __future__ import annotations
 
 import hashlib
+import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,36 @@ CLOUD_INIT_MARKER = "/var/lib/llmcloud/cloud-init.done"
 
 class ConfigureError(Exception):
     """Shown by Pulumi as the resource's failure: the cause in one line, no traceback needed."""
+
+
+def _plain_errors_in_the_dynamic_host() -> None:
+    """Report a ConfigureError as its message alone, not as a Python traceback.
+
+    Pulumi's dynamic-provider host (`python -m pulumi.dynamic`, which imports this module when it unpickles
+    the provider) turns every exception into `traceback.format_exc()`. The user needs the cause and the
+    fix, so for our own errors its `traceback` is answered with the message; anything else keeps the full
+    traceback. Outside that host, or if its layout changes, this does nothing.
+    """
+    host = sys.modules.get("__main__")
+    spec = getattr(host, "__spec__", None)
+    if getattr(spec, "name", None) != "pulumi.dynamic.__main__" or not hasattr(host, "traceback"):
+        return
+
+    class _Traceback:
+        def __getattr__(self, name: str):
+            return getattr(traceback, name)
+
+        @staticmethod
+        def format_exc(*args, **kwargs) -> str:
+            error = sys.exc_info()[1]
+            if isinstance(error, ConfigureError):
+                return str(error)
+            return traceback.format_exc(*args, **kwargs)
+
+    host.traceback = _Traceback()
+
+
+_plain_errors_in_the_dynamic_host()
 
 
 def tree_digest(*paths: Path) -> str:

@@ -10,10 +10,17 @@ from llmcloud.config import Network as NetworkConfig
 
 class Network(pulumi.ComponentResource):
     network_id: pulumi.Output[str]
+    #: What must exist before a floating IP can be associated with a port of this network (the router's
+    #: interface on its subnet; Neutron refuses the association until then).
+    routed: list[pulumi.Resource]
+    #: What must exist before a port of this network is made (its subnet; a port made first has no address).
+    addressed: list[pulumi.Resource]
 
     def __init__(self, name: str, cfg: NetworkConfig, opts: pulumi.ResourceOptions | None = None):
         super().__init__("llmcloud:provision:Network", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
+        self.routed = []
+        self.addressed = []
         if cfg.existing:
             # de.NBI projects come with a routed network, e.g. "<project>-network-2".
             found = openstack.networking.get_network_output(
@@ -33,6 +40,7 @@ class Network(pulumi.ComponentResource):
                 dns_nameservers=cfg.dns_nameservers or None,
                 opts=child,
             )
+            self.addressed.append(subnet)
             if cfg.external_network:
                 external = openstack.networking.get_network_output(
                     name=cfg.external_network, opts=pulumi.InvokeOptions(parent=self)
@@ -40,8 +48,10 @@ class Network(pulumi.ComponentResource):
                 router = openstack.networking.Router(
                     f"{name}-router", name=f"{name}-router", external_network_id=external.id, opts=child
                 )
-                openstack.networking.RouterInterface(
-                    f"{name}-router-if", router_id=router.id, subnet_id=subnet.id, opts=child
+                self.routed.append(
+                    openstack.networking.RouterInterface(
+                        f"{name}-router-if", router_id=router.id, subnet_id=subnet.id, opts=child
+                    )
                 )
             self.network_id = network.id
         self.register_outputs({"network_id": self.network_id})

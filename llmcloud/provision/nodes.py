@@ -64,6 +64,8 @@ class Node(pulumi.ComponentResource):
         deploy_public_key: pulumi.Input[str],
         floating_ip_pool: str | None,
         data_volume: DataVolume | None = None,
+        routed: list[pulumi.Resource] | None = None,
+        addressed: list[pulumi.Resource] | None = None,
         role: str,
         opts: pulumi.ResourceOptions | None = None,
     ):
@@ -76,7 +78,7 @@ class Node(pulumi.ComponentResource):
             network_id=network_id,
             security_group_ids=security_group_ids,
             admin_state_up=True,
-            opts=child,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=addressed or []),
         )
         boot = openstack.compute.InstanceBlockDeviceArgs(
             source_type="image",
@@ -133,7 +135,10 @@ class Node(pulumi.ComponentResource):
                 f"{name}-fip", pool=floating_ip_pool, description=f"llmcloud {stack}: {name}", opts=child
             )
             openstack.networking.FloatingIpAssociate(
-                f"{name}-fip-assoc", floating_ip=fip.address, port_id=port.id, opts=child
+                f"{name}-fip-assoc",
+                floating_ip=fip.address,
+                port_id=port.id,
+                opts=pulumi.ResourceOptions(parent=self, depends_on=routed or []),
             )
             self.public_ip = fip.address
         self.register_outputs({"private_ip": self.private_ip, "public_ip": self.public_ip})

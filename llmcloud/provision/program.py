@@ -127,6 +127,8 @@ def program(
             deploy_public_key=public_key,
             floating_ip_pool=cfg.reach.floating_ip_pool if public else None,
             data_volume=data,
+            routed=network.routed,
+            addressed=network.addressed,
             role=role,
         )
 
