@@ -44,34 +44,47 @@ def plan(cfg: StackConfig, prefix: str) -> Plan:
 def connect(cloud: str | None):
     """A connection with the credentials the provider uses: `openstack:cloud`, else OS_CLOUD, else OS_* vars."""
     import openstack
+    from keystoneauth1 import exceptions as auth_errors
     from openstack import exceptions
 
     name = cloud or os.environ.get("OS_CLOUD")
-    where = "openstack:cloud" if cloud else ("OS_CLOUD" if name else "the OS_* variables")
+    where = f"openstack:cloud ({name})" if cloud else (f"OS_CLOUD ({name})" if name else "the OS_* variables")
     try:
         conn = openstack.connect(cloud=name) if name else openstack.connect()
         conn.authorize()
     except exceptions.ConfigException as exc:
         raise PreflightError(
             [
-                f"{where}: {exc}; fix: download clouds.yaml from Horizon (Identity → Application Credentials) "
-                "to ~/.config/openstack/clouds.yaml and set openstack:cloud to its entry's name"
+                f"{where.split(' (')[0]}: {exc}; fix: download clouds.yaml from Horizon (Identity → Application "
+                "Credentials) to ~/.config/openstack/clouds.yaml and set openstack:cloud to its entry's name"
             ]
         ) from None
-    except exceptions.HttpException as exc:
-        status = getattr(exc, "status_code", None)
+    except (auth_errors.ClientException, exceptions.SDKException) as exc:
+        status = _http_status(exc)
+        if status is None:
+            raise PreflightError(
+                [f"{where}: cannot reach the cloud ({exc}); fix: check auth_url in clouds.yaml and the network"]
+            ) from None
         cause = "the cloud refused the credentials" if status in (401, 403) else "the cloud answered with an error"
         raise PreflightError(
             [
-                f"{where} ({name or 'environment'}): {cause} (HTTP {status}); fix: check the application "
-                "credential in clouds.yaml (expired or deleted?) and make a new one in Horizon if needed"
+                f"{where}: {cause} (HTTP {status}); fix: check the application credential in clouds.yaml "
+                "(expired or deleted?) and make a new one in Horizon if needed"
             ]
         ) from None
-    except exceptions.SDKException as exc:
-        raise PreflightError(
-            [f"{where} ({name or 'environment'}): cannot reach the cloud ({exc}); fix: check auth_url and network"]
-        ) from None
     return conn
+
+
+def _http_status(exc: BaseException) -> int | None:
+    """The HTTP status behind an error (openstacksdk wraps keystoneauth's errors in a plain SDKException)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        status = getattr(seen, "http_status", None) or getattr(seen, "status_code", None)
+        if isinstance(status, int):
+            return status
+        seen = seen.__cause__ or seen.__context__
+    found = re.search(r"\(HTTP (\d{3})\)", str(exc))
+    return int(found.group(1)) if found else None
 
 
 def check(cfg: StackConfig, prefix: str, cloud: str | None) -> None:
@@ -117,7 +130,7 @@ def check(cfg: StackConfig, prefix: str, cloud: str | None) -> None:
         network("reach.floatingIpPool", cfg.reach.floating_ip_pool, external=True)
     if cfg.keypair_name and conn.compute.find_keypair(cfg.keypair_name) is None:
         problems.append(f"llmcloud:keypairName: no keypair {cfg.keypair_name!r}; fix: `openstack keypair list`")
-    if cfg.backup.target == BackupTarget.manila and not conn.has_service("sharev2"):
+    if cfg.backup.target == BackupTarget.manila and not (conn.has_service("shared-file-system") or conn.has_service("sharev2")):
         problems.append("llmcloud:backup.target: manila, but this cloud has no shared file systems; fix: swift")
     if cfg.backup.target == BackupTarget.swift and not conn.has_service("object-store"):
         problems.append("llmcloud:backup.target: swift, but this cloud has no object storage; fix: manila or none")
