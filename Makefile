@@ -10,7 +10,8 @@ LOCAL_ARGS ?=
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv local up converge verify status down backup restore backup-drill lint unit molecule integration test bench
+.PHONY: help venv local up converge verify status down backup restore backup-drill lint unit molecule integration \
+	cloud-prepare provision test bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -70,11 +71,22 @@ molecule: venv ## each role on its own with Molecule: create, converge, idempote
 integration: venv ## both topologies, edge and backups on fresh local hosts, idempotence, testinfra; torn down
 	$(BIN)/pytest -m integration tests/integration
 
-test: venv ## lint, unit and integration: the command CI runs
+cloud-prepare: venv ## build the local cloud's venv and the Pulumi engine (Go), once; cached
+	$(BIN)/llmcloud cloud prepare
+
+provision: venv ## `pulumi up` for real: the program on a local OpenStack cloud with the Pulumi engine built from Go
+	$(BIN)/llmcloud cloud prepare
+	$(BIN)/pytest -m openstack tests/provision
+
+test: venv ## lint, unit, molecule, integration and provision: the command CI runs
+	@mkdir -p .cache
+	@# The Go builds of the Pulumi engine take minutes on a fresh machine: start them now, in the background.
+	@$(BIN)/llmcloud cloud prepare > .cache/cloud-prepare.log 2>&1 & echo "cloud-prepare started in the background (.cache/cloud-prepare.log)"
 	$(MAKE) lint
 	$(MAKE) unit
 	$(MAKE) molecule
 	$(MAKE) integration
+	$(MAKE) provision
 
 bench: venv ## print timings: make local, no-op converge; engine roles and recovery; edge overhead; backups
 	$(BIN)/python bench/timings.py

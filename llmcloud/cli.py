@@ -89,7 +89,11 @@ def _cloud_parser(sub) -> None:
 
     cloud = sub.add_parser("cloud", help="a local OpenStack cloud (real services, fake hypervisor) for tests")
     csub = cloud.add_subparsers(dest="action", required=True)
-    workdir = {"type": Path, "default": DEFAULT_WORKDIR, "help": f"state, logs, pids (default {DEFAULT_WORKDIR})"}
+    workdir = {
+        "type": Path,
+        "default": DEFAULT_WORKDIR,
+        "help": f"state, logs, pids (default {DEFAULT_WORKDIR})",
+    }
     up = csub.add_parser("up", help="start the cloud from a clean state and seed a de.NBI-like project")
     up.add_argument("--workdir", **workdir)
     up.add_argument(
@@ -97,6 +101,9 @@ def _cloud_parser(sub) -> None:
         type=int,
         default=Ports.base,
         help=f"first of the 127.0.0.1 ports the cloud uses (default {Ports.base}; it uses 24 from there)",
+    )
+    csub.add_parser(
+        "prepare", help="build what the cloud and its tests need, once: the services' venv, the Pulumi engine"
     )
     down = csub.add_parser("down", help="stop every process of the cloud and remove its state")
     down.add_argument("--workdir", **workdir)
@@ -119,6 +126,21 @@ def _cloud_parser(sub) -> None:
 def _cloud(args) -> int:
     from llmcloud.cloud.controlplane import Cloud
 
+    if args.action == "prepare":
+        from llmcloud.cloud.controlplane import DEBIAN_PACKAGES
+        from llmcloud.cloud.pulumi_engine import ensure_engine
+        from llmcloud.cloud.venv import services_venv
+        from llmcloud.local.system import ensure_packages
+
+        progress = Progress("llmcloud cloud prepare")
+        with progress.step("Debian packages (MariaDB, RabbitMQ, memcached, qemu-utils)"):
+            ensure_packages(DEBIAN_PACKAGES)
+        with progress.step("OpenStack services' venv"):
+            services_venv(progress)
+        with progress.step("Pulumi CLI and the test-bed OpenStack provider (Go builds, cached)"):
+            ensure_engine(progress)
+        progress.summary()
+        return 0
     cloud = Cloud(args.workdir)
     if args.action == "up":
         progress = Progress("llmcloud cloud up")
@@ -132,7 +154,9 @@ def _cloud(args) -> int:
     if args.action == "status":
         services = [dataclasses.asdict(s) for s in cloud.services()]
         if args.json:
-            print(json.dumps({"workdir": str(cloud.work), "up": cloud.is_up(), "services": services}, indent=2))
+            print(
+                json.dumps({"workdir": str(cloud.work), "up": cloud.is_up(), "services": services}, indent=2)
+            )
         else:
             _print_cloud(cloud)
         return 0 if cloud.is_up() else 3
@@ -148,7 +172,8 @@ def _print_cloud(cloud) -> None:
     for s in services:
         port = f"127.0.0.1:{s.port}" if s.port else ""
         print(f"  {s.name:<18} pid {s.pid:<8} {'running' if s.alive else 'DEAD':<8} {port:<16} {s.log}")
-    print(f"\n  clouds.yaml: {cloud.clouds_yaml}  (OS_CLIENT_CONFIG_FILE; clouds llmcloud-local, llmcloud-local-admin)")
+    print(f"\n  clouds.yaml: {cloud.clouds_yaml}  (export OS_CLIENT_CONFIG_FILE=<it>)")
+    print("  clouds:      llmcloud-local (the project's application credential), llmcloud-local-admin")
 
 
 def _cloud_pulumi(cloud, args) -> int:

@@ -1,9 +1,9 @@
-"""Run the llmcloud program against the local cloud with the real Pulumi engine (Automation API, inline program).
+"""Run the llmcloud program against the local cloud with the real Pulumi engine (Automation API, inline
+program).
 
 The inline program calls the same `program()` that `__main__.py` calls; the Pulumi CLI, the openstack plugin
 and the dynamic-provider host are the builds of pulumi_engine.py. The stack's settings come from the
-unmodified `stacks/Pulumi.<stack>.yaml`, with the overrides a test gives (the cloud, secrets, configure).
-"""
+unmodified `stacks/Pulumi.<stack>.yaml`, with the overrides a test gives (the cloud, secrets, configure)."""
 
 from __future__ import annotations
 

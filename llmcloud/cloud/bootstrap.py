@@ -128,12 +128,16 @@ def gpu_provider(s: dict, host: str) -> None:
     root = get(f"/resource_providers?name={host}")["resource_providers"][0]
     name = f"{host}_pgpu_0000"
     found = get(f"/resource_providers?name={name}")["resource_providers"]
-    child = found[0] if found else sess.post(
-        "/resource_providers",
-        json={"name": name, "parent_provider_uuid": root["uuid"]},
-        endpoint_filter=ep,
-        headers=hdr,
-    ).json()
+    child = (
+        found[0]
+        if found
+        else sess.post(
+            "/resource_providers",
+            json={"name": name, "parent_provider_uuid": root["uuid"]},
+            endpoint_filter=ep,
+            headers=hdr,
+        ).json()
+    )
     sess.put(f"/traits/{GPU_TRAIT}", endpoint_filter=ep, headers=hdr, raise_exc=False)
     child = get(f"/resource_providers/{child['uuid']}")
     inv = sess.put(
@@ -174,24 +178,30 @@ def ready(s: dict) -> None:
     """Wait until the schedulers can place things: pools known, hypervisor mapped, GPU provider there."""
     sess = admin_session(s)
     checks = {
-        "cinder pools": lambda: sess.get(
-            "/scheduler-stats/get_pools", endpoint_filter={"service_type": "block-storage"}, raise_exc=False
-        )
-        .json()
-        .get("pools"),
-        "nova hypervisors": lambda: sess.get(
-            "/os-hypervisors", endpoint_filter={"service_type": "compute"}, raise_exc=False
-        )
-        .json()
-        .get("hypervisors"),
-        "manila pools": lambda: sess.get(
-            "/scheduler-stats/pools",
-            endpoint_filter={"service_type": "sharev2"},
-            headers={"X-OpenStack-Manila-API-Version": "2.65"},
-            raise_exc=False,
-        )
-        .json()
-        .get("pools"),
+        "cinder pools": lambda: (
+            sess.get(
+                "/scheduler-stats/get_pools",
+                endpoint_filter={"service_type": "block-storage"},
+                raise_exc=False,
+            )
+            .json()
+            .get("pools")
+        ),
+        "nova hypervisors": lambda: (
+            sess.get("/os-hypervisors", endpoint_filter={"service_type": "compute"}, raise_exc=False)
+            .json()
+            .get("hypervisors")
+        ),
+        "manila pools": lambda: (
+            sess.get(
+                "/scheduler-stats/pools",
+                endpoint_filter={"service_type": "sharev2"},
+                headers={"X-OpenStack-Manila-API-Version": "2.65"},
+                raise_exc=False,
+            )
+            .json()
+            .get("pools")
+        ),
     }
     t0 = time.monotonic()
     for name, check in checks.items():
@@ -221,7 +231,9 @@ def seed(s: dict) -> None:
     for role in ("member", "reader"):
         idn.assign_project_role_to_user(project, user, idn.find_role(role))
     # The admin also works in the project (the tests read back what the user made, and set quotas).
-    idn.assign_project_role_to_user(project, idn.find_user("admin", domain_id="default"), idn.find_role("admin"))
+    idn.assign_project_role_to_user(
+        project, idn.find_user("admin", domain_id="default"), idn.find_role("admin")
+    )
 
     for name, vcpus, ram, disk, gpu in FLAVORS:
         if conn.compute.find_flavor(name) is None:
@@ -282,7 +294,9 @@ def seed(s: dict) -> None:
         )
         user_conn.network.add_interface_to_router(router, subnet_id=subnet.id)
 
-    conn.set_compute_quotas(project.id, **{k: v for k, v in QUOTAS.items() if k in ("instances", "cores", "ram")})
+    conn.set_compute_quotas(
+        project.id, **{k: v for k, v in QUOTAS.items() if k in ("instances", "cores", "ram")}
+    )
     conn.set_volume_quotas(project.id, volumes=QUOTAS["volumes"], gigabytes=QUOTAS["gigabytes"])
     share_type(s)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 Sections = dict[str, dict[str, Any]]
 
@@ -22,7 +22,7 @@ class Ports:
 
     base: int = 27100
 
-    OFFSETS = {
+    OFFSETS: ClassVar[dict[str, int]] = {
         "mariadb": 0,
         "rabbitmq": 1,
         "rabbitmq_dist": 2,
@@ -105,7 +105,9 @@ class Configs:
 
     # -- shared pieces
     def db(self, name: str) -> str:
-        return f"mysql+pymysql://openstack:{self.s.db_password}@127.0.0.1:{self.p.mariadb}/{name}?charset=utf8"
+        return (
+            f"mysql+pymysql://openstack:{self.s.db_password}@127.0.0.1:{self.p.mariadb}/{name}?charset=utf8"
+        )
 
     @property
     def transport_url(self) -> str:
@@ -139,10 +141,28 @@ class Configs:
         return {"lock_path": self.data / "locks"}
 
     def write(self) -> None:
-        for sub in ("keystone", "placement", "glance", "nova", "neutron/plugins/ml2", "cinder", "manila", "swift"):
+        for sub in (
+            "keystone",
+            "placement",
+            "glance",
+            "nova",
+            "neutron/plugins/ml2",
+            "cinder",
+            "manila",
+            "swift",
+        ):
             (self.etc / sub).mkdir(parents=True, exist_ok=True)
-        for sub in ("glance/images", "glance/staging", "glance/tasks", "nova", "neutron", "cinder", "manila",
-                    "locks", "swift/node/d1"):  # fmt: skip
+        for sub in (
+            "glance/images",
+            "glance/staging",
+            "glance/tasks",
+            "nova",
+            "neutron",
+            "cinder",
+            "manila",
+            "locks",
+            "swift/node/d1",
+        ):
             (self.data / sub).mkdir(parents=True, exist_ok=True)
         files: dict[str, Sections] = {
             "keystone/keystone.conf": self.keystone(),
@@ -323,6 +343,7 @@ class Configs:
         }
 
     def manila(self) -> Sections:
+        conf = self.etc / "manila" / "manila.conf"
         return {
             "DEFAULT": {
                 "transport_url": self.transport_url,
@@ -343,9 +364,7 @@ class Configs:
                 "share_backend_name": "dummy",
                 "dummy_driver_default_driver_method_delay": 0,
             },
-            "manila_sys_admin": {
-                "helper_command": f"{self.venv}/bin/privsep-helper --config-file {self.etc}/manila/manila.conf"
-            },
+            "manila_sys_admin": {"helper_command": f"{self.venv}/bin/privsep-helper --config-file {conf}"},
             "database": {"connection": self.db("manila")},
             "oslo_concurrency": self.locks(),
             "keystone_authtoken": self.authtoken("manila"),

@@ -1,5 +1,6 @@
-"""The local test cloud: real OpenStack services (Keystone, Placement, Nova with the fake virt driver, Neutron,
-Glance, Cinder, Manila, Swift) from pinned PyPI packages, MariaDB, RabbitMQ and memcached from Debian.
+"""The local test cloud: real OpenStack services (Keystone, Placement, Nova with the fake virt driver,
+Neutron, Glance, Cinder, Manila, Swift) from pinned PyPI packages, MariaDB, RabbitMQ and memcached from
+Debian.
 
 Every listener is on 127.0.0.1; state, logs, pids and configs live below one work dir. `up` starts from a
 clean state in about a minute; `down` stops every process it started and removes the state.
@@ -30,7 +31,17 @@ from llmcloud.progress import Progress
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_WORKDIR = REPO_ROOT / ".cloud"
-DATABASES = ("keystone", "placement", "glance", "neutron", "cinder", "nova_api", "nova", "nova_cell0", "manila")
+DATABASES = (
+    "keystone",
+    "placement",
+    "glance",
+    "neutron",
+    "cinder",
+    "nova_api",
+    "nova",
+    "nova_cell0",
+    "manila",
+)
 #: The HTTP APIs, by service name: (port attribute, WSGI module, config args).
 APIS = ("keystone", "placement", "glance-api", "neutron-server", "cinder-api", "nova-api", "manila-api")
 DEBIAN_PACKAGES = {
@@ -195,19 +206,27 @@ class _Starter:
         if result.returncode != 0:
             raise CloudError(f"{what} failed (exit {result.returncode}); see {path}", _tail(path))
 
-    def api(self, name: str, port: int, module: str, args: str = "", env: dict[str, str] | None = None) -> None:
+    def api(
+        self, name: str, port: int, module: str, args: str = "", env: dict[str, str] | None = None
+    ) -> None:
         self.start(
             name,
             [
                 str(self.bin / "gunicorn"),
-                "--bind", f"127.0.0.1:{port}",
-                "--workers", "1",
-                "--threads", "4",
-                "--timeout", "300",
-                "--name", name,
-                "--access-logfile", str(self.cloud.logs / f"{name}-access.log"),
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--workers",
+                "1",
+                "--threads",
+                "4",
+                "--timeout",
+                "300",
+                "--name",
+                name,
+                "--access-logfile",
+                str(self.cloud.logs / f"{name}-access.log"),
                 "wsgi_host:application",
-            ],  # fmt: skip
+            ],
             env={"WSGI_NAME": name, "WSGI_TARGET": module, "WSGI_ARGV": args, **(env or {})},
         )
 
@@ -226,8 +245,10 @@ class _Starter:
                 log = self.cloud.logs / f"{name}.out"
                 raise CloudError(f"{name} exited while starting; see {log}", _tail(log))
             time.sleep(0.3)
-        raise CloudError(f"{name} did not answer on 127.0.0.1:{port} within {timeout:.0f} s",
-                         f"see {self.cloud.logs / (name + '.out')}")  # fmt: skip
+        raise CloudError(
+            f"{name} did not answer on 127.0.0.1:{port} within {timeout:.0f} s",
+            f"see {self.cloud.logs / (name + '.out')}",
+        )
 
     def sql(self, statement: str) -> str:
         return subprocess.run(
@@ -260,10 +281,15 @@ class _Starter:
         my_cnf = etc / "my.cnf"
         my_cnf.write_text(self.c.mariadb() + (f"user={_user()}\n" if os.geteuid() == 0 else ""))
         self.check(
-            ["mariadb-install-db", f"--defaults-file={my_cnf}", "--auth-root-authentication-method=normal",
-             "--skip-test-db"],
-            "MariaDB's data directory", "mariadb-install.log",
-        )  # fmt: skip
+            [
+                "mariadb-install-db",
+                f"--defaults-file={my_cnf}",
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+            ],
+            "MariaDB's data directory",
+            "mariadb-install.log",
+        )
         self.start("mariadb", [_sbin("mariadbd"), f"--defaults-file={my_cnf}"])
         rabbit = _rabbitmq_sbin()
         (etc / "rabbitmq").mkdir(exist_ok=True)
@@ -301,12 +327,16 @@ class _Starter:
         deadline = time.monotonic() + 60
         while self.sql("SELECT 1") != "1":
             if time.monotonic() > deadline or not _alive(int((run / "mariadb.pid").read_text())):
-                raise CloudError(f"MariaDB did not start; see {logs / 'mysqld.log'}", _tail(logs / "mysqld.log"))
+                raise CloudError(
+                    f"MariaDB did not start; see {logs / 'mysqld.log'}", _tail(logs / "mysqld.log")
+                )
             time.sleep(0.3)
         self.check(
             [f"{rabbit}/rabbitmqctl", "wait", "--timeout", "90", str(run / "rabbitmq.daemonpid")],
-            "RabbitMQ", "rabbitmq-wait.log", env=self.rabbit_env,
-        )  # fmt: skip
+            "RabbitMQ",
+            "rabbitmq-wait.log",
+            env=self.rabbit_env,
+        )
         # epmd daemonizes itself; record it so `down` stops it too.
         epmd = _listener_pid(self.p.epmd)
         if epmd:
@@ -321,7 +351,10 @@ class _Starter:
     def sql_file(self, script: str) -> None:
         # Through stdin, so the password is never on a command line.
         result = subprocess.run(
-            ["mariadb", f"--defaults-file={self.c.etc / 'my.cnf'}"], input=script, capture_output=True, text=True
+            ["mariadb", f"--defaults-file={self.c.etc / 'my.cnf'}"],
+            input=script,
+            capture_output=True,
+            text=True,
         )
         if result.returncode != 0:
             raise CloudError(f"creating the databases failed: {result.stderr.strip()}", "see the message")
@@ -331,26 +364,64 @@ class _Starter:
         keystone_manage = str(self.bin / "keystone-manage")
         self.check([keystone_manage, *ks, "db_sync"], "keystone db_sync", "dbsync-keystone.log")
         user = ["--keystone-user", _user(), "--keystone-group", _group()]
-        self.check([keystone_manage, *ks, "fernet_setup", *user], "keystone fernet_setup", "keystone-setup.log")
-        self.check([keystone_manage, *ks, "credential_setup", *user], "keystone credential_setup",
-                   "keystone-setup.log")  # fmt: skip
+        self.check(
+            [keystone_manage, *ks, "fernet_setup", *user], "keystone fernet_setup", "keystone-setup.log"
+        )
+        self.check(
+            [keystone_manage, *ks, "credential_setup", *user],
+            "keystone credential_setup",
+            "keystone-setup.log",
+        )
         url = self.s.keystone_url
         self.check(
-            [keystone_manage, *ks, "bootstrap", "--bootstrap-admin-url", url, "--bootstrap-internal-url", url,
-             "--bootstrap-public-url", url, "--bootstrap-region-id", "RegionOne"],
-            "keystone bootstrap", "keystone-setup.log",
+            [
+                keystone_manage,
+                *ks,
+                "bootstrap",
+                "--bootstrap-admin-url",
+                url,
+                "--bootstrap-internal-url",
+                url,
+                "--bootstrap-public-url",
+                url,
+                "--bootstrap-region-id",
+                "RegionOne",
+            ],
+            "keystone bootstrap",
+            "keystone-setup.log",
             # The password through the environment, never on a command line.
             env={"OS_BOOTSTRAP_PASSWORD": self.s.admin_password},
-        )  # fmt: skip
-        self.api("keystone", self.p.keystone, "keystone.wsgi.api",
-                 env={"OS_KEYSTONE_CONFIG_DIR": str(self.c.etc / "keystone")})  # fmt: skip
+        )
+        self.api(
+            "keystone",
+            self.p.keystone,
+            "keystone.wsgi.api",
+            env={"OS_KEYSTONE_CONFIG_DIR": str(self.c.etc / "keystone")},
+        )
         nova = ["--config-file", self.conf("nova")]
         syncs = {
-            "placement": [[str(self.bin / "placement-manage"), "--config-file", self.conf("placement"), "db", "sync"]],
-            "glance": [[str(self.bin / "glance-manage"), "--config-file", self.conf("glance", "glance-api.conf"),
-                        "db_sync"]],
-            "neutron": [[str(self.bin / "neutron-db-manage"), "--config-file", self.conf("neutron"),
-                         "--config-file", str(self.c.etc / "neutron/plugins/ml2/ml2_conf.ini"), "upgrade", "heads"]],
+            "placement": [
+                [str(self.bin / "placement-manage"), "--config-file", self.conf("placement"), "db", "sync"]
+            ],
+            "glance": [
+                [
+                    str(self.bin / "glance-manage"),
+                    "--config-file",
+                    self.conf("glance", "glance-api.conf"),
+                    "db_sync",
+                ]
+            ],
+            "neutron": [
+                [
+                    str(self.bin / "neutron-db-manage"),
+                    "--config-file",
+                    self.conf("neutron"),
+                    "--config-file",
+                    str(self.c.etc / "neutron/plugins/ml2/ml2_conf.ini"),
+                    "upgrade",
+                    "heads",
+                ]
+            ],
             "cinder": [[str(self.bin / "cinder-manage"), "--config-file", self.conf("cinder"), "db", "sync"]],
             "manila": [[str(self.bin / "manila-manage"), "--config-file", self.conf("manila"), "db", "sync"]],
             "nova": [
@@ -359,7 +430,7 @@ class _Starter:
                 [str(self.bin / "nova-manage"), *nova, "cell_v2", "create_cell", "--name", "cell1"],
                 [str(self.bin / "nova-manage"), *nova, "db", "sync"],
             ],
-        }  # fmt: skip
+        }
 
         def run_all(name: str) -> None:
             for argv in syncs[name]:
@@ -377,47 +448,128 @@ class _Starter:
         etc, logs = self.c.etc, self.c.logs
         ml2 = str(etc / "neutron/plugins/ml2/ml2_conf.ini")
         nova, cinder, manila = self.conf("nova"), self.conf("cinder"), self.conf("manila")
-        self.api("placement", self.p.placement, "placement.wsgi.api",
-                 env={"OS_PLACEMENT_CONFIG_DIR": str(etc / "placement")})
-        self.api("glance-api", self.p.glance, "glance.wsgi.api", env={"OS_GLANCE_CONFIG_DIR": str(etc / "glance")})
-        self.api("neutron-server", self.p.neutron, "neutron.wsgi.api",
-                 f"--config-file {self.conf('neutron')} --config-file {ml2}",
-                 env={"OS_NEUTRON_CONFIG_DIR": str(etc / "neutron")})
-        self.api("cinder-api", self.p.cinder, "cinder.wsgi.api",
-                 f"--config-file {cinder} --log-file {logs / 'cinder-api.log'}")
-        self.api("nova-api", self.p.nova, "nova.wsgi.osapi_compute",
-                 f"--config-file {nova} --log-file {logs / 'nova-api.log'}",
-                 env={"OS_NOVA_CONFIG_DIR": str(etc / "nova")})
-        self.api("manila-api", self.p.manila, "manila.wsgi.api",
-                 f"--config-file {manila} --log-file {logs / 'manila-api.log'}")
+        self.api(
+            "placement",
+            self.p.placement,
+            "placement.wsgi.api",
+            env={"OS_PLACEMENT_CONFIG_DIR": str(etc / "placement")},
+        )
+        self.api(
+            "glance-api", self.p.glance, "glance.wsgi.api", env={"OS_GLANCE_CONFIG_DIR": str(etc / "glance")}
+        )
+        self.api(
+            "neutron-server",
+            self.p.neutron,
+            "neutron.wsgi.api",
+            f"--config-file {self.conf('neutron')} --config-file {ml2}",
+            env={"OS_NEUTRON_CONFIG_DIR": str(etc / "neutron")},
+        )
+        self.api(
+            "cinder-api",
+            self.p.cinder,
+            "cinder.wsgi.api",
+            f"--config-file {cinder} --log-file {logs / 'cinder-api.log'}",
+        )
+        self.api(
+            "nova-api",
+            self.p.nova,
+            "nova.wsgi.osapi_compute",
+            f"--config-file {nova} --log-file {logs / 'nova-api.log'}",
+            env={"OS_NOVA_CONFIG_DIR": str(etc / "nova")},
+        )
+        self.api(
+            "manila-api",
+            self.p.manila,
+            "manila.wsgi.api",
+            f"--config-file {manila} --log-file {logs / 'manila-api.log'}",
+        )
         b = self.bin
-        self.start("nova-conductor", [str(b / "nova-conductor"), "--config-file", nova,
-                                      "--log-file", str(logs / "nova-conductor.log")])
-        self.start("nova-scheduler", [str(b / "nova-scheduler"), "--config-file", nova,
-                                      "--log-file", str(logs / "nova-scheduler.log")])
-        self.start("cinder-volume", [str(b / "cinder-volume"), "--config-file", cinder,
-                                     "--log-file", str(logs / "cinder-volume.log")])
-        self.start("manila-share", [str(b / "manila-share"), "--config-file", manila,
-                                    "--log-file", str(logs / "manila-share.log")])  # fmt: skip
+        self.start(
+            "nova-conductor",
+            [
+                str(b / "nova-conductor"),
+                "--config-file",
+                nova,
+                "--log-file",
+                str(logs / "nova-conductor.log"),
+            ],
+        )
+        self.start(
+            "nova-scheduler",
+            [
+                str(b / "nova-scheduler"),
+                "--config-file",
+                nova,
+                "--log-file",
+                str(logs / "nova-scheduler.log"),
+            ],
+        )
+        self.start(
+            "cinder-volume",
+            [
+                str(b / "cinder-volume"),
+                "--config-file",
+                cinder,
+                "--log-file",
+                str(logs / "cinder-volume.log"),
+            ],
+        )
+        self.start(
+            "manila-share",
+            [str(b / "manila-share"), "--config-file", manila, "--log-file", str(logs / "manila-share.log")],
+        )
         self.swift()
-        for name, port in (("placement", self.p.placement), ("glance-api", self.p.glance),
-                           ("neutron-server", self.p.neutron), ("cinder-api", self.p.cinder),
-                           ("nova-api", self.p.nova), ("manila-api", self.p.manila)):  # fmt: skip
+        for name, port in (
+            ("placement", self.p.placement),
+            ("glance-api", self.p.glance),
+            ("neutron-server", self.p.neutron),
+            ("cinder-api", self.p.cinder),
+            ("nova-api", self.p.nova),
+            ("manila-api", self.p.manila),
+        ):
             self.wait_http(name, port)
         self.wait_http("swift-proxy", self.p.swift_proxy, "/healthcheck")
         # nova-compute after the conductor consumes (else it sleeps 10 s waiting for it); the schedulers of
         # Cinder and Manila after their backends report (else their first requests wait up to 60 s).
         self.wait_sql("SELECT count(*) FROM nova.services WHERE `binary`='nova-conductor'", "nova-conductor")
-        self.start("nova-compute", [str(b / "nova-compute"), "--config-file", self.conf("nova", "nova-compute.conf"),
-                                    "--log-file", str(logs / "nova-compute.log")])  # fmt: skip
-        self.wait_sql("SELECT count(*) FROM cinder.services WHERE topic='cinder-volume' AND updated_at IS NOT NULL",
-                      "cinder-volume reporting")  # fmt: skip
-        self.start("cinder-scheduler", [str(b / "cinder-scheduler"), "--config-file", cinder,
-                                        "--log-file", str(logs / "cinder-scheduler.log")])
-        self.wait_sql("SELECT count(*) FROM manila.services WHERE topic='manila-share' AND updated_at IS NOT NULL",
-                      "manila-share reporting")
-        self.start("manila-scheduler", [str(b / "manila-scheduler"), "--config-file", manila,
-                                        "--log-file", str(logs / "manila-scheduler.log")])  # fmt: skip
+        self.start(
+            "nova-compute",
+            [
+                str(b / "nova-compute"),
+                "--config-file",
+                self.conf("nova", "nova-compute.conf"),
+                "--log-file",
+                str(logs / "nova-compute.log"),
+            ],
+        )
+        self.wait_sql(
+            "SELECT count(*) FROM cinder.services WHERE topic='cinder-volume' AND updated_at IS NOT NULL",
+            "cinder-volume reporting",
+        )
+        self.start(
+            "cinder-scheduler",
+            [
+                str(b / "cinder-scheduler"),
+                "--config-file",
+                cinder,
+                "--log-file",
+                str(logs / "cinder-scheduler.log"),
+            ],
+        )
+        self.wait_sql(
+            "SELECT count(*) FROM manila.services WHERE topic='manila-share' AND updated_at IS NOT NULL",
+            "manila-share reporting",
+        )
+        self.start(
+            "manila-scheduler",
+            [
+                str(b / "manila-scheduler"),
+                "--config-file",
+                manila,
+                "--log-file",
+                str(logs / "manila-scheduler.log"),
+            ],
+        )
 
     def swift(self) -> None:
         sw = self.c.etc / "swift"
@@ -426,23 +578,37 @@ class _Starter:
             port = getattr(self.p, f"swift_{kind}")
             ring = str(sw / f"{kind}.builder")
             self.check([builder, ring, "create", "8", "1", "1"], "swift ring", "swift-rings.log")
-            self.check([builder, ring, "add", f"r1z1-127.0.0.1:{port}/d1", "1"], "swift ring", "swift-rings.log")
+            self.check(
+                [builder, ring, "add", f"r1z1-127.0.0.1:{port}/d1", "1"], "swift ring", "swift-rings.log"
+            )
             self.check([builder, ring, "rebalance"], "swift ring", "swift-rings.log")
         sock = self.c.run / "swift-log.sock"
-        self.start("swift-log", [str(self.bin / "python"), str(HERE / "syslog_sink.py"), str(sock),
-                                 str(self.c.logs / "swift.log")])  # fmt: skip
+        self.start(
+            "swift-log",
+            [
+                str(self.bin / "python"),
+                str(HERE / "syslog_sink.py"),
+                str(sock),
+                str(self.c.logs / "swift.log"),
+            ],
+        )
         deadline = time.monotonic() + 10
         while not sock.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
         for kind in ("account", "container", "object"):
-            self.start(f"swift-{kind}", [str(self.bin / f"swift-{kind}-server"), str(sw / f"{kind}-server.conf")])
+            self.start(
+                f"swift-{kind}", [str(self.bin / f"swift-{kind}-server"), str(sw / f"{kind}-server.conf")]
+            )
         self.start("swift-proxy", [str(self.bin / "swift-proxy-server"), str(sw / "proxy-server.conf")])
 
     def ready(self) -> None:
         nova = ["--config-file", self.conf("nova")]
         self.wait_sql("SELECT count(*) FROM nova.compute_nodes WHERE deleted=0", "the fake compute node")
-        self.check([str(self.bin / "nova-manage"), *nova, "cell_v2", "discover_hosts"], "nova discover_hosts",
-                   "nova-discover.log")  # fmt: skip
+        self.check(
+            [str(self.bin / "nova-manage"), *nova, "cell_v2", "discover_hosts"],
+            "nova discover_hosts",
+            "nova-discover.log",
+        )
         self.wait_sql("SELECT count(*) FROM nova_api.host_mappings", "the compute host mapping")
         deadline = time.monotonic() + 60
         while True:
@@ -534,5 +700,7 @@ def _sbin(cmd: str) -> str:
 def _rabbitmq_sbin() -> str:
     candidates = sorted(Path("/usr/lib/rabbitmq/lib").glob("rabbitmq_server-*/sbin"))
     if not candidates:
-        raise CloudError("RabbitMQ's scripts not found in /usr/lib/rabbitmq", "apt-get install rabbitmq-server")
+        raise CloudError(
+            "RabbitMQ's scripts not found in /usr/lib/rabbitmq", "apt-get install rabbitmq-server"
+        )
     return str(candidates[-1])

@@ -1,10 +1,9 @@
-"""The Pulumi engine for tests, without downloads: the CLI and a test-bed OpenStack provider built from their Go
-modules (pinned in llmcloud/cloud/pulumi/*/go.mod and go.sum), each built once and cached.
+"""The Pulumi engine for tests, without downloads: the CLI and a test-bed OpenStack provider built from
+their Go modules (pinned in llmcloud/cloud/pulumi/*/go.mod and go.sum), each built once and cached.
 
 Users install the official Pulumi CLI and the official `openstack` plugin; only CI and the local cloud use
 these builds. The Python language host is not served by the module proxy, so tests drive the program through
-the Automation API with an inline program (automation.py), which needs no language host.
-"""
+the Automation API with an inline program (automation.py), which needs no language host."""
 
 from __future__ import annotations
 
@@ -17,7 +16,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmcloud.cloud.venv import cache_root
+from llmcloud.cloud.venv import cache_lock, cache_root
 from llmcloud.errors import UserError
 from llmcloud.progress import Progress
 
@@ -50,8 +49,9 @@ class Engine:
             "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
             "PULUMI_AUTOMATION_API_SKIP_VERSION_CHECK": "true",
             # The dynamic-provider host and this venv's python first on PATH.
-            "PATH": os.pathsep.join([str(DYNAMIC_HOST_DIR), str(venv_bin), str(self.cli.parent),
-                                     os.environ.get("PATH", "")]),  # fmt: skip
+            "PATH": os.pathsep.join(
+                [str(DYNAMIC_HOST_DIR), str(venv_bin), str(self.cli.parent), os.environ.get("PATH", "")]
+            ),
             "PULUMI_RUNTIME_VIRTUALENV": str(venv_bin.parent),
         }
 
@@ -82,8 +82,10 @@ def _digest(*paths: Path) -> str:
 def _go() -> str:
     go = shutil.which("go") or (shutil.which("go", path="/usr/local/go/bin"))
     if not go:
-        raise UserError("Go is not installed (needed to build the Pulumi CLI and provider)",
-                        "install Go 1.25 or newer (e.g. /usr/local/go), or put it on PATH")  # fmt: skip
+        raise UserError(
+            "Go is not installed (needed to build the Pulumi CLI and provider)",
+            "install Go 1.25 or newer (e.g. /usr/local/go), or put it on PATH",
+        )
     return go
 
 
@@ -107,6 +109,11 @@ def _build(module: Path, package: str, output: Path, ldflags: str, what: str, pr
 
 def ensure_engine(progress: Progress | None = None) -> Engine:
     progress = progress or Progress("pulumi engine")
+    with cache_lock("pulumi-engine"):
+        return _ensure_engine(progress)
+
+
+def _ensure_engine(progress: Progress) -> Engine:
     root = cache_root() / "pulumi"
     version = module_version(CLI_MODULE / "go.mod", CLI_PACKAGE)
     cli_root = root / f"cli-{version}-{_digest(CLI_MODULE / 'go.mod', CLI_MODULE / 'go.sum')}"
@@ -143,12 +150,21 @@ def _install_plugin(engine: Engine, provider_id: str) -> None:
         return
     engine.pulumi_home.mkdir(parents=True, exist_ok=True)
     result = subprocess.run(
-        [str(engine.cli), "plugin", "install", "resource", "openstack", engine.provider_version,
-         "--file", str(engine.provider), "--reinstall"],
+        [
+            str(engine.cli),
+            "plugin",
+            "install",
+            "resource",
+            "openstack",
+            engine.provider_version,
+            "--file",
+            str(engine.provider),
+            "--reinstall",
+        ],
         env={**os.environ, **engine.env()},
         capture_output=True,
         text=True,
-    )  # fmt: skip
+    )
     if result.returncode != 0:
         raise UserError(f"installing the openstack plugin failed: {result.stderr.strip()}", "see the message")
     marker.write_text(provider_id)
@@ -156,5 +172,7 @@ def _install_plugin(engine: Engine, provider_id: str) -> None:
 
 def provider_names(engine: Engine) -> dict:
     """Every token the built provider serves and its properties' Pulumi names (for the schema test)."""
-    out = subprocess.run([str(engine.provider), "--llmcloud-names"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [str(engine.provider), "--llmcloud-names"], capture_output=True, text=True, check=True
+    )
     return json.loads(out.stdout)

@@ -1,13 +1,16 @@
-"""The OpenStack services' own venv: pinned (requirements-openstack.txt), built once, cached by a hash of its pins
-and of the glue package, so a change to either builds a new one and an unchanged tree reuses it."""
+"""The OpenStack services' own venv: pinned (requirements-openstack.txt), built once, cached by a hash of
+its pins and of the glue package, so a change to either builds a new one and an unchanged tree reuses it."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from llmcloud.errors import UserError
@@ -31,7 +34,25 @@ def pins_digest() -> str:
     return digest.hexdigest()[:16]
 
 
+@contextmanager
+def cache_lock(name: str) -> Iterator[None]:
+    """One builder at a time per cached thing (`make test` prepares in the background while tests run)."""
+    path = cache_root() / f".{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def services_venv(progress: Progress) -> Path:
+    with cache_lock("openstack-venv"):
+        return _services_venv(progress)
+
+
+def _services_venv(progress: Progress) -> Path:
     venv = cache_root() / f"openstack-venv-{pins_digest()}"
     if (venv / ".complete").exists():
         progress.log(f"cached: {venv}")
@@ -39,8 +60,15 @@ def services_venv(progress: Progress) -> Path:
     shutil.rmtree(venv, ignore_errors=True)
     venv.parent.mkdir(parents=True, exist_ok=True)
     progress.log(f"creating {venv} (about a minute; 830 MB)")
-    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-compile",
-           "--disable-pip-version-check"]  # fmt: skip
+    pip = [
+        str(venv / "bin" / "python"),
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--no-compile",
+        "--disable-pip-version-check",
+    ]
     steps = [
         ([sys.executable, "-m", "venv", str(venv)], "creating the venv"),
         ([*pip, "--requirement", str(PINS)], f"pip install -r {PINS.name}"),

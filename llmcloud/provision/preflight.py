@@ -1,10 +1,9 @@
 """Check the stack's settings against the cloud before anything is created.
 
-The provider's own errors name Terraform attributes or say "Your query returned no results", and a quota that
-runs out half-way leaves some VMs made and others not. These checks run in `pulumi preview` and at the start of
-`pulumi up`, ask the cloud once with the same credentials the provider uses, and report every problem at once,
-each naming the setting and the fix. Nothing exists yet when they fail.
-"""
+The provider's own errors name Terraform attributes or say "Your query returned no results", and a quota
+that runs out half-way leaves some VMs made and others not. These checks run in `pulumi preview` and at the
+start of `pulumi up`, ask the cloud once with the same credentials the provider uses, and report every
+problem at once, each naming the setting and the fix. Nothing exists yet when they fail."""
 
 from __future__ import annotations
 
@@ -34,7 +33,9 @@ def plan(cfg: StackConfig, prefix: str) -> Plan:
     servers = {f"{prefix}-llm{i}": cfg.engine_node.flavor for i in range(1, cfg.replicas + 1)}
     if cfg.topology == Topology.split:
         servers[f"{prefix}-edge1"] = cfg.edge_node.flavor
-    volumes = {f"{name}-data": cfg.engine_node.data_volume_size for name in servers if not name.endswith("-edge1")}
+    volumes = {
+        f"{name}-data": cfg.engine_node.data_volume_size for name in servers if not name.endswith("-edge1")
+    }
     for name, node in ((n, cfg.engine_node if not n.endswith("-edge1") else cfg.edge_node) for n in servers):
         if node.boot_volume_size:
             volumes[f"{name}-boot"] = node.boot_volume_size
@@ -42,7 +43,7 @@ def plan(cfg: StackConfig, prefix: str) -> Plan:
 
 
 def connect(cloud: str | None):
-    """A connection with the credentials the provider uses: `openstack:cloud`, else OS_CLOUD, else OS_* vars."""
+    """A connection with the provider's credentials: `openstack:cloud`, else OS_CLOUD, else the OS_* vars."""
     import openstack
     from keystoneauth1 import exceptions as auth_errors
     from openstack import exceptions
@@ -55,17 +56,25 @@ def connect(cloud: str | None):
     except exceptions.ConfigException as exc:
         raise PreflightError(
             [
-                f"{where.split(' (')[0]}: {exc}; fix: download clouds.yaml from Horizon (Identity → Application "
-                "Credentials) to ~/.config/openstack/clouds.yaml and set openstack:cloud to its entry's name"
+                f"{where.split(' (')[0]}: {exc}; fix: download clouds.yaml from Horizon (Identity → "
+                "Application Credentials) to ~/.config/openstack/clouds.yaml and set openstack:cloud to "
+                "its entry's name"
             ]
         ) from None
     except (auth_errors.ClientException, exceptions.SDKException) as exc:
         status = _http_status(exc)
         if status is None:
             raise PreflightError(
-                [f"{where}: cannot reach the cloud ({exc}); fix: check auth_url in clouds.yaml and the network"]
+                [
+                    f"{where}: cannot reach the cloud ({exc}); "
+                    "fix: check auth_url in clouds.yaml and the network"
+                ]
             ) from None
-        cause = "the cloud refused the credentials" if status in (401, 403) else "the cloud answered with an error"
+        cause = (
+            "the cloud refused the credentials"
+            if status in (401, 403)
+            else "the cloud answered with an error"
+        )
         raise PreflightError(
             [
                 f"{where}: {cause} (HTTP {status}); fix: check the application credential in clouds.yaml "
@@ -106,10 +115,13 @@ def check(cfg: StackConfig, prefix: str, cloud: str | None) -> None:
     images = [i.name for i in conn.image.images() if i.name]
     for key, node in nodes:
         if node.image and node.image not in images:
-            problems.append(f"llmcloud:{key}.image: no image named {node.image!r}; fix: `openstack image list`")
+            problems.append(
+                f"llmcloud:{key}.image: no image named {node.image!r}; fix: `openstack image list`"
+            )
         elif node.image_pattern and not any(re.search(node.image_pattern, name) for name in images):
             problems.append(
-                f"llmcloud:{key}.imagePattern: {node.image_pattern!r} matches none of the {len(images)} images; "
+                f"llmcloud:{key}.imagePattern: {node.image_pattern!r} matches none of the "
+                f"{len(images)} images; "
                 f"fix: a pattern for one of {', '.join(sorted(images)[:8]) or '(none)'}"
             )
 
@@ -117,10 +129,16 @@ def check(cfg: StackConfig, prefix: str, cloud: str | None) -> None:
         found = conn.network.find_network(name)
         if found is None:
             externals = sorted(n.name for n in conn.network.networks(is_router_external=True))
-            hint = f"one of the external networks {', '.join(externals)}" if external else "`openstack network list`"
+            hint = (
+                f"one of the external networks {', '.join(externals)}"
+                if external
+                else "`openstack network list`"
+            )
             problems.append(f"llmcloud:{key}: no network {name!r} in this project; fix: {hint}")
         elif external and not found.is_router_external:
-            problems.append(f"llmcloud:{key}: {name!r} is not an external network; fix: the cloud's public network")
+            problems.append(
+                f"llmcloud:{key}: {name!r} is not an external network; fix: the cloud's public network"
+            )
 
     if cfg.network.existing:
         network("network.existing", cfg.network.existing, external=False)
@@ -129,11 +147,19 @@ def check(cfg: StackConfig, prefix: str, cloud: str | None) -> None:
     if cfg.reach.floating_ip_pool:
         network("reach.floatingIpPool", cfg.reach.floating_ip_pool, external=True)
     if cfg.keypair_name and conn.compute.find_keypair(cfg.keypair_name) is None:
-        problems.append(f"llmcloud:keypairName: no keypair {cfg.keypair_name!r}; fix: `openstack keypair list`")
-    if cfg.backup.target == BackupTarget.manila and not (conn.has_service("shared-file-system") or conn.has_service("sharev2")):
-        problems.append("llmcloud:backup.target: manila, but this cloud has no shared file systems; fix: swift")
+        problems.append(
+            f"llmcloud:keypairName: no keypair {cfg.keypair_name!r}; fix: `openstack keypair list`"
+        )
+    if cfg.backup.target == BackupTarget.manila and not (
+        conn.has_service("shared-file-system") or conn.has_service("sharev2")
+    ):
+        problems.append(
+            "llmcloud:backup.target: manila, but this cloud has no shared file systems; fix: swift"
+        )
     if cfg.backup.target == BackupTarget.swift and not conn.has_service("object-store"):
-        problems.append("llmcloud:backup.target: swift, but this cloud has no object storage; fix: manila or none")
+        problems.append(
+            "llmcloud:backup.target: swift, but this cloud has no object storage; fix: manila or none"
+        )
 
     if not problems:
         problems.extend(_quota(conn, need, flavors))

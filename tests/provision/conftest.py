@@ -72,7 +72,9 @@ def make_stack(cloud, engine, ssh_public_key, tmp_path_factory) -> Callable[...,
     """A stack of stacks/Pulumi.<source>.yaml on the local cloud, with configure off unless given."""
     inventory_root = tmp_path_factory.mktemp("inventory")
 
-    def make(name: str, source: str, overrides: dict | None = None, secrets: dict | None = None) -> CloudStack:
+    def make(
+        name: str, source: str, overrides: dict | None = None, secrets: dict | None = None
+    ) -> CloudStack:
         stack = CloudStack(
             name,
             cloud=cloud,

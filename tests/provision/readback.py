@@ -1,4 +1,5 @@
-"""What exists in the local cloud, read through the OpenStack API as its operator (never from Pulumi's state)."""
+"""What exists in the local cloud, read through the OpenStack API as its operator (never from Pulumi's
+state)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,16 @@ class Found:
     def names(self) -> dict[str, list[str]]:
         out = {
             kind: sorted(getattr(self, kind))
-            for kind in ("servers", "ports", "networks", "routers", "security_groups", "volumes", "keypairs", "shares")
+            for kind in (
+                "servers",
+                "ports",
+                "networks",
+                "routers",
+                "security_groups",
+                "volumes",
+                "keypairs",
+                "shares",
+            )
         }
         out["floating_ips"] = sorted(f.floating_ip_address for f in self.floating_ips)
         out["containers"] = sorted(self.containers)

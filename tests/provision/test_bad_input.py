@@ -4,6 +4,7 @@ the fix, and nothing is created, so the next `pulumi up` after the fix starts cl
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -13,7 +14,7 @@ from tests.provision.conftest import Lines
 from tests.provision.readback import stack_resources
 
 PREFIX = "llm-bad"
-SOURCE = yaml.safe_load(open("stacks/Pulumi.example.yaml"))["config"]
+SOURCE = yaml.safe_load(Path("stacks/Pulumi.example.yaml").read_text())["config"]
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +48,8 @@ def fails(stack, operation: str = "preview") -> str:
         (
             "llmcloud:network",
             {**SOURCE["llmcloud:network"], "externalNetwork": "internet"},
-            "llmcloud:network.externalNetwork: no network 'internet' in this project; fix: one of the external "
-            "networks dmz-int, public",
+            "llmcloud:network.externalNetwork: no network 'internet' in this project; "
+            "fix: one of the external networks dmz-int, public",
         ),
         (
             "llmcloud:reach",

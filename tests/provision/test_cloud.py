@@ -1,4 +1,5 @@
-"""The local cloud itself: every service up, every listener on 127.0.0.1, and a clear error when a port is taken."""
+"""The local cloud itself: every service up, every listener on 127.0.0.1, and a clear error when a port is
+taken."""
 
 from __future__ import annotations
 
@@ -44,7 +45,9 @@ def test_every_listener_is_on_loopback(cloud):
     ]
     assert len(listeners) >= 15
     # epmd (RabbitMQ's port mapper) also takes ::1, its loopback twin; nothing listens beyond loopback.
-    assert all(ipaddress.ip_address(c.laddr.ip).is_loopback for c in listeners), [(c.pid, c.laddr) for c in listeners]
+    assert all(ipaddress.ip_address(c.laddr.ip).is_loopback for c in listeners), [
+        (c.pid, c.laddr) for c in listeners
+    ]
 
 
 def _group_of(pid: int) -> int | None:

@@ -1,11 +1,12 @@
-"""stacks/Pulumi.denbi-berlin.yaml on a cloud seeded like a de.NBI Berlin project: the project's existing network,
-floating IPs from the private pool `dmz-int`, SSH through the site jump host, GPU images picked by pattern, and
-backups on a Manila share granted to every VM."""
+"""stacks/Pulumi.denbi-berlin.yaml on a cloud seeded like a de.NBI Berlin project: the project's existing
+network, floating IPs from the private pool `dmz-int`, SSH through the site jump host, GPU images picked by
+pattern, and backups on a Manila share granted to every VM."""
 
 from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -14,7 +15,7 @@ from tests.provision.conftest import RESTIC_PASSWORD, Lines
 from tests.provision.readback import newest_image, stack_resources
 
 PREFIX = "llm-denbi-berlin"
-SOURCE = yaml.safe_load(open("stacks/Pulumi.denbi-berlin.yaml"))["config"]
+SOURCE = yaml.safe_load(Path("stacks/Pulumi.denbi-berlin.yaml").read_text())["config"]
 JUMP = SOURCE["llmcloud:reach"]["jumpHost"]
 
 
@@ -71,7 +72,10 @@ def test_inventory_goes_through_the_jump_host(stack, admin, project):
     fip = stack_resources(admin, project.id, PREFIX).floating_ips[0].floating_ip_address
     view = json.loads(
         subprocess.run(
-            ["ansible-inventory", "-i", str(stack.inventory_dir), "--list"], check=True, capture_output=True, text=True
+            ["ansible-inventory", "-i", str(stack.inventory_dir), "--list"],
+            check=True,
+            capture_output=True,
+            text=True,
         ).stdout
     )
     hosts = view["_meta"]["hostvars"]

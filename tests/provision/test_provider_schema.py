@@ -58,7 +58,14 @@ def used(tmp_path_factory, monkeypatch_module) -> tuple[list, list]:
         {"backup": {"target": "manila", "shareNetwork": "sn", "shareType": "default"}, "resticPassword": "p"},
         {"backup": {"target": "swift"}, "resticPassword": "p"},
         {"keypairName": "mine", "sshPublicKey": None},
-        {"engineNode": {"flavor": "gpu", "image": "Ubuntu-24.04", "imagePattern": None, "bootVolumeSize": 50}},
+        {
+            "engineNode": {
+                "flavor": "gpu",
+                "image": "Ubuntu-24.04",
+                "imagePattern": None,
+                "bootVolumeSize": 50,
+            }
+        },
     ]
     for i, case in enumerate(cases):
         mocks, _, _ = deploy(tmp_path_factory.mktemp(f"case{i}"), **case)
@@ -95,7 +102,9 @@ def test_every_property_the_program_sets_is_known_to_the_provider(names, used):
             if isinstance(value, list) and value and isinstance(value[0], dict):
                 nested = known[key].get("nested", {})
                 for item in value:
-                    assert set(item) <= set(nested), f"{r.typ}.{key}: the provider has no {set(item) - set(nested)}"
+                    assert set(item) <= set(nested), (
+                        f"{r.typ}.{key}: the provider has no {set(item) - set(nested)}"
+                    )
     for c in calls:
         known = names["functions"][c.token]["properties"]
         assert set(c.args) <= set(known), f"{c.token}: the provider has no {set(c.args) - set(known)}"
@@ -113,7 +122,9 @@ def test_provider_names_equal_the_sdk_names(names):
         }
         for prop in entry["properties"].values():
             if prop.get("nested"):
-                assert set(prop["nested"]) in arg_types.values(), f"{token}.{prop['name']}: no SDK type has its names"
+                assert set(prop["nested"]) in arg_types.values(), (
+                    f"{token}.{prop['name']}: no SDK type has its names"
+                )
     for token, entry in names["functions"].items():
         function = token.rsplit(":", 1)[1]
         result = getattr(sdk_module(token), function[0].upper() + function[1:] + "Result")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -16,7 +17,7 @@ from tests.provision.conftest import Lines
 from tests.provision.readback import ingress_rules, newest_image, stack_resources, user_data
 
 PREFIX = "llm-example"
-SOURCE = yaml.safe_load(open("stacks/Pulumi.example.yaml"))["config"]
+SOURCE = yaml.safe_load(Path("stacks/Pulumi.example.yaml").read_text())["config"]
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +41,10 @@ def test_security_groups_as_promised(up_result, admin, project):
     found = stack_resources(admin, project.id, PREFIX)
     groups = found.security_groups
     assert set(groups) == {f"{PREFIX}-ssh", f"{PREFIX}-edge", f"{PREFIX}-engine"}
-    # SSH only from adminCidrs; 80/443 from anywhere on the edge group; the engine port only from the edge group.
-    assert ingress_rules(admin, groups[f"{PREFIX}-ssh"]) == {("tcp", 22, 22, c) for c in SOURCE["llmcloud:adminCidrs"]}
+    # SSH only from adminCidrs; 80/443 from anywhere on the edge group; the engine port only from the edge.
+    assert ingress_rules(admin, groups[f"{PREFIX}-ssh"]) == {
+        ("tcp", 22, 22, c) for c in SOURCE["llmcloud:adminCidrs"]
+    }
     assert ingress_rules(admin, groups[f"{PREFIX}-edge"]) == {
         ("tcp", port, port, cidr) for port in (80, 443) for cidr in ("0.0.0.0/0", "::/0")
     }
@@ -86,7 +89,9 @@ def test_floating_ip_on_the_entry_vm(up_result, stack, admin, project):
     found = stack_resources(admin, project.id, PREFIX)
     (fip,) = found.floating_ips
     assert fip.port_id == found.ports[f"{PREFIX}-llm1-port"].id
-    assert admin.network.get_network(fip.floating_network_id).name == SOURCE["llmcloud:reach"]["floatingIpPool"]
+    assert (
+        admin.network.get_network(fip.floating_network_id).name == SOURCE["llmcloud:reach"]["floatingIpPool"]
+    )
     assert stack.outputs()["entry_address"] == fip.floating_ip_address
 
 
@@ -119,7 +124,9 @@ def test_configure_that_cannot_reach_the_vm_fails_clearly(up_result, stack):
     The VM is reached through a jump host on a closed port of 127.0.0.1, so no packet leaves this machine."""
     closed = free_port("127.0.0.1")
     reach = {**SOURCE["llmcloud:reach"], "jumpHost": f"nobody@127.0.0.1:{closed}"}
-    stack.set_config({"llmcloud:configure": "true", "llmcloud:configureTimeout": "10", "llmcloud:reach": reach})
+    stack.set_config(
+        {"llmcloud:configure": "true", "llmcloud:configureTimeout": "10", "llmcloud:reach": reach}
+    )
     out = Lines()
     try:
         with pytest.raises(CommandError):

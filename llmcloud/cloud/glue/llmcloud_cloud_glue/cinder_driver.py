@@ -14,9 +14,7 @@ class TestVolumeDriver(fake_driver.FakeLoggingVolumeDriver):
     def copy_image_to_volume(self, context, volume, image_service, image_id, disable_sparse=False):
         LOG.info("test driver: image %s to volume %s (no data copied)", image_id, volume.id)
 
-    def copy_image_to_encrypted_volume(
-        self, context, volume, image_service, image_id, disable_sparse=False
-    ):
+    def copy_image_to_encrypted_volume(self, context, volume, image_service, image_id, disable_sparse=False):
         LOG.info("test driver: image %s to encrypted volume %s (no data copied)", image_id, volume.id)
 
     def copy_volume_to_image(self, context, volume, image_service, image_meta):
