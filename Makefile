@@ -88,8 +88,9 @@ test: venv ## lint, unit, molecule, integration and provision: the command CI ru
 	$(MAKE) integration
 	$(MAKE) provision
 
-bench: venv ## print timings: make local, no-op converge; engine roles and recovery; edge overhead; backups
+bench: venv ## print timings: make local, no-op converge; engine roles and recovery; edge overhead; backups; OpenStack
 	$(BIN)/python bench/timings.py
 	$(BIN)/python bench/engine.py
 	$(BIN)/python bench/edge.py
 	$(BIN)/python bench/backup.py
+	$(BIN)/python bench/openstack.py
