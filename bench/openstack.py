@@ -4,8 +4,9 @@
     .venv/bin/python bench/openstack.py [--cold]
 
 --cold also times building the services' venv (into a scratch cache; the cached one is left alone). The
-cloud runs on its own ports (27500 on) and work dir, so a running `llmcloud cloud up` is left alone. The Pulumi engine
-must be built (`make cloud-prepare`). Single runs on this machine: orders of magnitude, not a gate.
+cloud runs on its own ports (27500 on) and work dir, so a running `llmcloud cloud up` is left alone. The
+Pulumi engine is built first if needed (`make cloud-prepare`). Single runs on this machine: orders of
+magnitude, not a gate.
 """
 
 from __future__ import annotations
