@@ -102,8 +102,11 @@ def _cloud_parser(sub) -> None:
         default=Ports.base,
         help=f"first of the 127.0.0.1 ports the cloud uses (default {Ports.base}; it uses 24 from there)",
     )
-    csub.add_parser(
+    prepare = csub.add_parser(
         "prepare", help="build what the cloud and its tests need, once: the services' venv, the Pulumi engine"
+    )
+    prepare.add_argument(
+        "--no-packages", action="store_true", help="skip the Debian packages (e.g. while another apt-get runs)"
     )
     down = csub.add_parser("down", help="stop every process of the cloud and remove its state")
     down.add_argument("--workdir", **workdir)
@@ -133,8 +136,9 @@ def _cloud(args) -> int:
         from llmcloud.local.system import ensure_packages
 
         progress = Progress("llmcloud cloud prepare")
-        with progress.step("Debian packages (MariaDB, RabbitMQ, memcached, qemu-utils)"):
-            ensure_packages(DEBIAN_PACKAGES)
+        if not args.no_packages:
+            with progress.step("Debian packages (MariaDB, RabbitMQ, memcached, qemu-utils)"):
+                ensure_packages(DEBIAN_PACKAGES)
         with progress.step("OpenStack services' venv"):
             services_venv(progress)
         with progress.step("Pulumi CLI and the test-bed OpenStack provider (Go builds, cached)"):

@@ -59,14 +59,14 @@ def _services_venv(progress: Progress) -> Path:
         return venv
     shutil.rmtree(venv, ignore_errors=True)
     venv.parent.mkdir(parents=True, exist_ok=True)
-    progress.log(f"creating {venv} (about a minute; 830 MB)")
+    # Byte-compiled at install (pip's default): here, often in the background, not at the cloud's first start.
+    progress.log(f"creating {venv} (one to two minutes; 830 MB)")
     pip = [
         str(venv / "bin" / "python"),
         "-m",
         "pip",
         "install",
         "--quiet",
-        "--no-compile",
         "--disable-pip-version-check",
     ]
     steps = [
