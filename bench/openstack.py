@@ -20,12 +20,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from llmcloud.cloud.automation import CloudStack
 from llmcloud.cloud.controlplane import Cloud
 from llmcloud.cloud.pulumi_engine import ensure_engine
+from llmcloud.keys import ensure_ed25519
 from llmcloud.progress import Progress
 
 PORT_BASE = 27500
@@ -72,9 +71,8 @@ def main() -> None:
     rows: list[tuple[str, float]] = []
     quiet = Progress("bench", out=open(os.devnull, "w"))  # noqa: SIM115
     engine = ensure_engine(quiet)
-    key = ed25519.Ed25519PrivateKey.generate().public_key()
-    public_key = key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
     with tempfile.TemporaryDirectory(prefix="llmcloud-bench-") as scratch:
+        public_key = ensure_ed25519(Path(scratch) / "id_ed25519", "bench@llmcloud")
         if args.cold:
             os.environ["XDG_CACHE_HOME"] = str(Path(scratch) / "cache")
             cold = Cloud(Path(scratch) / "cold")
@@ -91,18 +89,14 @@ def main() -> None:
         memory = pss_mib({s.pid for s in cloud.services()})
         try:
             for label, (name, source, overrides) in TOPOLOGIES.items():
-                stack = CloudStack(
+                stack = CloudStack.provisioning_only(
                     name,
+                    ssh_public_key=public_key,
+                    overrides={"llmcloud:allowDataLoss": "true", **overrides},
+                    secrets_={"llmcloud:resticPassword": "bench-restic-password"},
                     cloud=cloud,
                     engine=engine,
                     source=source,
-                    overrides={
-                        "llmcloud:configure": "false",
-                        "llmcloud:allowDataLoss": "true",
-                        "llmcloud:sshPublicKey": public_key,
-                        **overrides,
-                    },
-                    secrets_={"llmcloud:oauthClientSecret": "x", "llmcloud:resticPassword": "x"},
                     inventory_root=Path(scratch) / "inventory",
                 )
                 timed(rows, f"pulumi up from empty: {label}", lambda s=stack: s.up())

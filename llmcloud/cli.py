@@ -106,7 +106,9 @@ def _cloud_parser(sub) -> None:
         "prepare", help="build what the cloud and its tests need, once: the services' venv, the Pulumi engine"
     )
     prepare.add_argument(
-        "--no-packages", action="store_true", help="skip the Debian packages (e.g. while another apt-get runs)"
+        "--no-packages",
+        action="store_true",
+        help="skip the Debian packages (e.g. while another apt-get runs)",
     )
     down = csub.add_parser("down", help="stop every process of the cloud and remove its state")
     down.add_argument("--workdir", **workdir)

@@ -75,6 +75,29 @@ class CloudStack:
         config = {"openstack:cloud": CLOUD_NAME, **(overrides or {})}
         self.set_config(config, secrets_ or {})
 
+    @classmethod
+    def provisioning_only(
+        cls,
+        name: str,
+        *,
+        ssh_public_key: str,
+        overrides: dict[str, Any] | None = None,
+        secrets_: dict[str, str] | None = None,
+        **kwargs: Any,
+    ) -> CloudStack:
+        """A stack for tests and benchmarks of provisioning: `configure` off, the given key for the `deploy`
+        user, a placeholder OAuth client secret (no login is configured without `configure`)."""
+        return cls(
+            name,
+            overrides={
+                "llmcloud:configure": "false",
+                "llmcloud:sshPublicKey": ssh_public_key,
+                **(overrides or {}),
+            },
+            secrets_={"llmcloud:oauthClientSecret": "placeholder-client-secret", **(secrets_ or {})},
+            **kwargs,
+        )
+
     def _program(self) -> None:
         from llmcloud.provision.program import program
 

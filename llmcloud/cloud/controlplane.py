@@ -9,12 +9,12 @@ clean state in about a minute; `down` stops every process it started and removes
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -26,7 +26,7 @@ from llmcloud import REPO_ROOT
 from llmcloud.cloud.configs import COMPUTE_HOST, Configs, Ports, Settings
 from llmcloud.cloud.venv import services_venv
 from llmcloud.errors import UserError
-from llmcloud.local.system import ensure_packages
+from llmcloud.local.system import ensure_packages, port_taken
 from llmcloud.progress import Progress
 
 HERE = Path(__file__).resolve().parent
@@ -149,14 +149,15 @@ class Cloud:
     # ---------------------------------------------------------------- down
     def down(self, quiet: bool = False, keep_state: bool = False) -> int:
         """Stop every process the cloud started (TERM to its process group, then KILL)."""
-        services = [s for s in self.services() if s.alive]
+        services = [s for s in self.services() if s.alive or _group_alive(s.pid)]
         for s in services:
             _signal_group(s.pid, signal.SIGTERM)
+        # Wait for whole process groups: a service's forked workers can outlive its first process.
         deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and any(_alive(s.pid) for s in services):
+        while time.monotonic() < deadline and any(_alive(s.pid) or _group_alive(s.pid) for s in services):
             time.sleep(0.2)
         for s in services:
-            if _alive(s.pid):
+            if _alive(s.pid) or _group_alive(s.pid):
                 _signal_group(s.pid, signal.SIGKILL)
         for pidfile in self.run_dir.glob("*.pid") if self.run_dir.is_dir() else []:
             pidfile.unlink()
@@ -639,28 +640,39 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _group_alive(pgid: int) -> bool:
+    """Whether any process of the group ``pgid`` still runs (zombies aside)."""
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if os.getpgid(int(proc.name)) == pgid and _alive(int(proc.name)):
+                    return True
+            except ProcessLookupError:
+                continue
+    return False
+
+
 def _signal_group(pid: int, sig: int) -> None:
+    """Signal the process group ``pid`` leads (services start in sessions of their own), else the process."""
     try:
-        if os.getpgid(pid) == pid:
-            os.killpg(pid, sig)
-        else:
-            os.kill(pid, sig)
-    except (ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+        return
+    except ProcessLookupError:
         pass
+    except PermissionError:
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, sig)
 
 
 def _check_ports_free(ports: Ports) -> None:
     for name, port in ports.all().items():
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                raise CloudError(
-                    f"port {port} ({name}) on 127.0.0.1 is taken by another program",
-                    f"stop that program, or give the cloud other ports: llmcloud cloud up --port-base N "
-                    f"(it uses N..N+{max(Ports.OFFSETS.values())}; now {ports.base})",
-                ) from None
+        if port_taken(port):
+            raise CloudError(
+                f"port {port} ({name}) on 127.0.0.1 is taken by another program",
+                f"stop that program, or give the cloud other ports: llmcloud cloud up --port-base N "
+                f"(it uses N..N+{max(Ports.OFFSETS.values())}; now {ports.base})",
+            )
 
 
 def _listener_pid(port: int) -> int | None:

@@ -529,15 +529,11 @@ def load(stack: str, inventory_root: Path) -> LocalStack:
 
 
 def _require_free_port(port: int, what: str) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            raise UserError(
-                f"port 127.0.0.1:{port} (for {what}) is already in use by another program",
-                "stop that program, or pick other ports with --ssh-port/--http-port/--https-port",
-            ) from None
+    if system.port_taken(port):
+        raise UserError(
+            f"port 127.0.0.1:{port} (for {what}) is already in use by another program",
+            "stop that program, or pick other ports with --ssh-port/--http-port/--https-port",
+        )
 
 
 def _first_boot_files(deploy_pub: str, host_key_path: Path) -> bytes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -30,6 +31,17 @@ def run_root(cmd: list[str], what: str, **kwargs) -> subprocess.CompletedProcess
     except subprocess.CalledProcessError as exc:
         tail = (exc.stderr or exc.stdout or "").strip().splitlines()[-3:]
         raise UserError(f"{what} failed: {' | '.join(tail) or exc}", "see the message above") from None
+
+
+def port_taken(port: int, address: str = "127.0.0.1") -> bool:
+    """Whether another program holds ``address:port`` (TCP), so a listener of ours could not bind it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((address, port))
+        except OSError:
+            return True
+    return False
 
 
 def ensure_packages(packages: dict[str, str]) -> None:

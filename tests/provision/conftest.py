@@ -13,14 +13,12 @@ from pathlib import Path
 
 import openstack
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from llmcloud.cloud.automation import CloudStack
 from llmcloud.cloud.controlplane import Cloud
 from llmcloud.cloud.pulumi_engine import Engine, ensure_engine
+from llmcloud.keys import ensure_ed25519
 
-OAUTH_SECRET = "test-client-secret"
 RESTIC_PASSWORD = "test-restic-password"
 
 
@@ -61,10 +59,8 @@ def project(admin):
 
 
 @pytest.fixture(scope="session")
-def ssh_public_key() -> str:
-    key = ed25519.Ed25519PrivateKey.generate().public_key()
-    raw = key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
-    return f"{raw} tests@llmcloud"
+def ssh_public_key(tmp_path_factory) -> str:
+    return ensure_ed25519(tmp_path_factory.mktemp("ssh") / "id_ed25519", "tests@llmcloud")
 
 
 @pytest.fixture(scope="session")
@@ -75,17 +71,14 @@ def make_stack(cloud, engine, ssh_public_key, tmp_path_factory) -> Callable[...,
     def make(
         name: str, source: str, overrides: dict | None = None, secrets: dict | None = None
     ) -> CloudStack:
-        stack = CloudStack(
+        stack = CloudStack.provisioning_only(
             name,
+            ssh_public_key=ssh_public_key,
+            overrides=overrides,
+            secrets_=secrets,
             cloud=cloud,
             engine=engine,
             source=source,
-            overrides={
-                "llmcloud:configure": "false",
-                "llmcloud:sshPublicKey": ssh_public_key,
-                **(overrides or {}),
-            },
-            secrets_={"llmcloud:oauthClientSecret": OAUTH_SECRET, **(secrets or {})},
             inventory_root=inventory_root,
         )
         stack.reset()  # only a reused cloud (LLMCLOUD_TEST_CLOUD_DIR) can hold an interrupted run's leftovers

@@ -4,7 +4,9 @@ state)."""
 from __future__ import annotations
 
 import base64
+import json
 import re
+import subprocess
 from dataclasses import dataclass, field
 
 import openstack
@@ -90,6 +92,14 @@ def stack_resources(admin, project_id: str, prefix: str, container: str | None =
         user = openstack.connect(cloud="llmcloud-local")
         found.containers = [c.name for c in user.object_store.containers() if c.name == container]
     return found
+
+
+def inventory_view(inventory_dir) -> dict:
+    """The inventory as Ansible reads it (`ansible-inventory --list`)."""
+    out = subprocess.run(
+        ["ansible-inventory", "-i", str(inventory_dir), "--list"], check=True, capture_output=True, text=True
+    )
+    return json.loads(out.stdout)
 
 
 def user_data(server) -> str:

@@ -24,10 +24,17 @@ def stack(make_stack):
     stack.remove()
 
 
-def fails(stack, operation: str = "preview") -> str:
+def fails(stack, operation: str = "preview", config: dict | None = None) -> str:
+    """Run the operation with ``config`` set, expect it to fail, put the settings back; return the output."""
     out = Lines()
-    with pytest.raises(CommandError):
-        getattr(stack, operation)(on_output=out)
+    current = stack.stack.get_all_config()
+    restore = {key: current[key].value for key in config or {}}
+    stack.set_config(config or {})
+    try:
+        with pytest.raises(CommandError):
+            getattr(stack, operation)(on_output=out)
+    finally:
+        stack.set_config(restore)
     assert "Traceback" not in out.text
     return out.text
 
@@ -60,23 +67,17 @@ def fails(stack, operation: str = "preview") -> str:
     ids=["flavor", "image-pattern", "external-network", "pool-not-external"],
 )
 def test_setting_the_cloud_does_not_have(stack, admin, project, key, value, expected):
-    stack.set_config({key: value})
-    try:
-        text = fails(stack)
-    finally:
-        stack.set_config({key: SOURCE[key]})
+    text = fails(stack, config={key: value})
     assert expected in text
     assert "nothing was created" in text
 
 
 def test_quota_exhausted_fails_before_anything_is_made(stack, admin, project):
     admin.set_compute_quotas(project.id, instances=1)
-    stack.set_config({"llmcloud:topology": "split", "llmcloud:replicas": "2"})
     try:
-        text = fails(stack, "up")
+        text = fails(stack, "up", config={"llmcloud:topology": "split", "llmcloud:replicas": "2"})
     finally:
         admin.set_compute_quotas(project.id, instances=20)
-        stack.set_config({"llmcloud:topology": "single", "llmcloud:replicas": "1"})
     assert "quota: this run adds 3 instances, the project uses 0 of 1" in text
     assert "fix: ask the cloud's operators for more quota" in text
     assert stack_resources(admin, project.id, PREFIX).names() == {}
@@ -88,21 +89,13 @@ def test_wrong_credentials_name_the_cloud_entry(stack, cloud, admin, project):
     entry["auth"]["application_credential_secret"] = "not-the-secret"
     clouds["clouds"]["llmcloud-local-revoked"] = entry
     cloud.clouds_yaml.write_text(json.dumps(clouds, indent=2))
-    stack.set_config({"openstack:cloud": "llmcloud-local-revoked"})
-    try:
-        text = fails(stack)
-    finally:
-        stack.set_config({"openstack:cloud": "llmcloud-local"})
+    text = fails(stack, config={"openstack:cloud": "llmcloud-local-revoked"})
     assert "openstack:cloud (llmcloud-local-revoked): the cloud refused the credentials (HTTP 401)" in text
     assert "fix: check the application credential in clouds.yaml" in text
     assert "not-the-secret" not in text
 
 
 def test_unknown_cloud_entry(stack):
-    stack.set_config({"openstack:cloud": "no-such-cloud"})
-    try:
-        text = fails(stack)
-    finally:
-        stack.set_config({"openstack:cloud": "llmcloud-local"})
+    text = fails(stack, config={"openstack:cloud": "no-such-cloud"})
     assert "openstack:cloud: Cloud no-such-cloud was not found" in text
     assert "fix: download clouds.yaml from Horizon" in text

@@ -4,15 +4,13 @@ pattern, and backups on a Manila share granted to every VM."""
 
 from __future__ import annotations
 
-import json
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.provision.conftest import RESTIC_PASSWORD, Lines
-from tests.provision.readback import newest_image, stack_resources
+from tests.provision.readback import inventory_view, newest_image, stack_resources
 
 PREFIX = "llm-denbi-berlin"
 SOURCE = yaml.safe_load(Path("stacks/Pulumi.denbi-berlin.yaml").read_text())["config"]
@@ -70,14 +68,7 @@ def test_manila_share_granted_to_every_vm(stack, admin, project):
 
 def test_inventory_goes_through_the_jump_host(stack, admin, project):
     fip = stack_resources(admin, project.id, PREFIX).floating_ips[0].floating_ip_address
-    view = json.loads(
-        subprocess.run(
-            ["ansible-inventory", "-i", str(stack.inventory_dir), "--list"],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-    )
+    view = inventory_view(stack.inventory_dir)
     hosts = view["_meta"]["hostvars"]
     assert hosts["edge1"]["ansible_host"] == fip
     assert hosts["edge1"]["ansible_ssh_common_args"].endswith(f"-o ProxyJump={JUMP}")

@@ -4,8 +4,6 @@ and allowDataLoss removing everything. The steps run in file order and share one
 
 from __future__ import annotations
 
-import json
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,7 +12,7 @@ from pulumi.automation import CommandError
 
 from tests.integration.helpers import free_port
 from tests.provision.conftest import Lines
-from tests.provision.readback import ingress_rules, newest_image, stack_resources, user_data
+from tests.provision.readback import ingress_rules, inventory_view, newest_image, stack_resources, user_data
 
 PREFIX = "llm-example"
 SOURCE = yaml.safe_load(Path("stacks/Pulumi.example.yaml").read_text())["config"]
@@ -99,14 +97,7 @@ def test_inventory_from_the_real_outputs(up_result, stack, admin, project):
     found = stack_resources(admin, project.id, PREFIX)
     fip = found.floating_ips[0].floating_ip_address
     private = found.ports[f"{PREFIX}-llm1-port"].fixed_ips[0]["ip_address"]
-    view = json.loads(
-        subprocess.run(
-            ["ansible-inventory", "-i", str(stack.inventory_dir), "--list"],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-    )
+    view = inventory_view(stack.inventory_dir)
     host = view["_meta"]["hostvars"]["llm1"]
     assert host["ansible_host"] == fip and host["private_ip"] == private and host["public_ip"] == fip
     assert sorted(view["llm"]["hosts"]) == ["llm1"] and sorted(view["edge"]["hosts"]) == ["llm1"]

@@ -4,8 +4,6 @@ protected` keeps exactly the data volumes and the backup container. The steps ru
 
 from __future__ import annotations
 
-import json
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,7 +11,7 @@ import yaml
 from pulumi.automation import CommandError
 
 from tests.provision.conftest import RESTIC_PASSWORD, Lines
-from tests.provision.readback import ingress_rules, newest_image, stack_resources
+from tests.provision.readback import ingress_rules, inventory_view, newest_image, stack_resources
 
 PREFIX = "llm-example-split"
 CONTAINER = "llmcloud-backup-split"
@@ -65,14 +63,7 @@ def test_the_edge_is_the_only_way_in(stack, admin, project):
 
 def test_inventory_reaches_the_engines_through_the_edge(stack, admin, project):
     fip = found(admin, project).floating_ips[0].floating_ip_address
-    view = json.loads(
-        subprocess.run(
-            ["ansible-inventory", "-i", str(stack.inventory_dir), "--list"],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-    )
+    view = inventory_view(stack.inventory_dir)
     hosts = view["_meta"]["hostvars"]
     assert hosts["edge1"]["ansible_host"] == fip
     for name in ("llm1", "llm2"):
