@@ -93,4 +93,4 @@ bench: venv ## print timings: make local, no-op converge; engine roles and recov
 	$(BIN)/python bench/engine.py
 	$(BIN)/python bench/edge.py
 	$(BIN)/python bench/backup.py
-	$(BIN)/python bench/openstack.py
+	$(BIN)/python bench/provision.py

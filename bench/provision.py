@@ -1,7 +1,7 @@
 """Print what the local OpenStack cloud and a real `pulumi up` cost: cloud start (cold venv and warm),
 `pulumi up` from empty per topology, a no-op `up`, `destroy`, and the control plane's memory.
 
-    .venv/bin/python bench/openstack.py [--cold]
+    .venv/bin/python bench/provision.py [--cold]
 
 --cold also times building the services' venv (into a scratch cache; the cached one is left alone). The
 cloud runs on its own ports (27500 on) and work dir, so a running `llmcloud cloud up` is left alone. The
@@ -84,7 +84,9 @@ def main() -> None:
             cold.down(quiet=True)
             del os.environ["XDG_CACHE_HOME"]
         cloud = Cloud(Path(scratch) / "warm")
-        timed(rows, "llmcloud cloud up, warm (venv cached)", lambda: cloud.up(PORT_BASE, quiet))
+        steps = Progress("warm up", out=quiet.out)
+        timed(rows, "llmcloud cloud up, warm (venv cached)", lambda: cloud.up(PORT_BASE, steps))
+        rows.extend((f"  of which: {name}", took) for name, took in steps.steps)
         os.environ["OS_CLIENT_CONFIG_FILE"] = str(cloud.clouds_yaml)
         memory = pss_mib({s.pid for s in cloud.services()})
         try:
