@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import fcntl
 import json
 import os
 import secrets
@@ -19,6 +20,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,7 +101,25 @@ class Cloud:
         return bool(services) and all(s.alive for s in services)
 
     # ---------------------------------------------------------------- up
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """One `up` or `down` at a time per work dir: two would start or stop each other's processes."""
+        self.work.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with open(self.work / ".lock", "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise CloudError(
+                    f"another `llmcloud cloud up` or `down` is working on {self.work}",
+                    "wait for it to finish (or stop it), then try again",
+                ) from None
+            yield
+
     def up(self, port_base: int = Ports.base, progress: Progress | None = None) -> Settings:
+        with self._exclusive():
+            return self._up(port_base, progress)
+
+    def _up(self, port_base: int, progress: Progress | None) -> Settings:
         progress = progress or Progress("llmcloud cloud up")
         if self.is_up():
             progress.log(f"the local cloud in {self.work} is already up")
@@ -109,7 +129,7 @@ class Cloud:
         with progress.step("OpenStack services' venv (cached by a hash of its pins)"):
             venv = services_venv(progress)
         ports = Ports(port_base)
-        self.down(quiet=True)
+        self._down(quiet=True)
         _check_ports_free(ports)
         self.work.mkdir(mode=0o700, parents=True, exist_ok=True)
         for sub in ("data", "logs", "run", "etc"):
@@ -141,14 +161,18 @@ class Cloud:
             with progress.step("seed: a de.NBI-like project, flavors, images, networks, clouds.yaml"):
                 starter.bootstrap("seed")
         except CloudError:
-            self.down(quiet=True, keep_state=True)
+            self._down(quiet=True, keep_state=True)
             raise
         progress.log(f"clouds.yaml: {self.clouds_yaml} (clouds llmcloud-local, llmcloud-local-admin)")
         return settings
 
-    # ---------------------------------------------------------------- down
     def down(self, quiet: bool = False, keep_state: bool = False) -> int:
         """Stop every process the cloud started (TERM to its process group, then KILL)."""
+        with self._exclusive():
+            return self._down(quiet, keep_state)
+
+    # ---------------------------------------------------------------- down
+    def _down(self, quiet: bool = False, keep_state: bool = False) -> int:
         services = [s for s in self.services() if s.alive or _group_alive(s.pid)]
         for s in services:
             _signal_group(s.pid, signal.SIGTERM)
