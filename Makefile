@@ -74,15 +74,20 @@ integration: venv ## both topologies, edge and backups on fresh local hosts, ide
 cloud-prepare: venv ## build the local cloud's venv and the Pulumi engine (Go), once; cached
 	$(BIN)/llmcloud cloud prepare
 
+# The tests' cloud: started in the background by `make test`, else by the tests themselves; stopped here.
+TEST_CLOUD := $(CURDIR)/.cache/test-cloud
+
 provision: venv ## `pulumi up` for real: the program on a local OpenStack cloud with the Pulumi engine built from Go
 	$(BIN)/llmcloud cloud prepare
-	$(BIN)/pytest -m openstack tests/provision
+	LLMCLOUD_TEST_CLOUD_DIR=$(TEST_CLOUD) $(BIN)/pytest -m openstack tests/provision; \
+	  status=$$?; $(BIN)/llmcloud cloud down --workdir $(TEST_CLOUD) >/dev/null 2>&1; exit $$status
 
 test: venv ## lint, unit, molecule, integration and provision: the command CI runs
 	@mkdir -p .cache
 	@# The Go builds of the Pulumi engine take minutes of CPU on a fresh machine: start them now, in the
 	@# background, at the lowest priority, so they use what the other suites leave idle.
-	@nice -n 19 $(BIN)/llmcloud cloud prepare --no-packages > .cache/cloud-prepare.log 2>&1 & echo "cloud-prepare started in the background (.cache/cloud-prepare.log)"
+	@nice -n 19 $(BIN)/llmcloud cloud prepare --no-packages --start-cloud $(TEST_CLOUD) \
+	  > .cache/cloud-prepare.log 2>&1 & echo "cloud-prepare started in the background (.cache/cloud-prepare.log)"
 	$(MAKE) lint
 	$(MAKE) unit
 	$(MAKE) molecule

@@ -110,6 +110,13 @@ def _cloud_parser(sub) -> None:
         action="store_true",
         help="skip the Debian packages (e.g. while another apt-get runs)",
     )
+    prepare.add_argument(
+        "--start-cloud",
+        type=Path,
+        metavar="WORKDIR",
+        help="also start a cloud there once its venv is ready (before the Go builds), for the tests to reuse",
+    )
+    prepare.add_argument("--port-base", type=int, default=27300, help="ports of that cloud (default 27300)")
     down = csub.add_parser("down", help="stop every process of the cloud and remove its state")
     down.add_argument("--workdir", **workdir)
     status = csub.add_parser("status", help="the cloud's processes, ports and logs")
@@ -143,6 +150,14 @@ def _cloud(args) -> int:
                 ensure_packages(DEBIAN_PACKAGES)
         with progress.step("OpenStack services' venv"):
             services_venv(progress)
+        if args.start_cloud:
+            try:
+                with progress.step(f"start a cloud in {args.start_cloud} for the tests"):
+                    Cloud(args.start_cloud).up(
+                        args.port_base, progress, install_packages=not args.no_packages
+                    )
+            except UserError as err:  # the tests start one themselves then
+                progress.log(f"not started: {err}")
         with progress.step("Pulumi CLI and the test-bed OpenStack provider (Go builds, cached)"):
             ensure_engine(progress)
         progress.summary()

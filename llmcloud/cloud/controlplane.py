@@ -115,17 +115,24 @@ class Cloud:
                 ) from None
             yield
 
-    def up(self, port_base: int = Ports.base, progress: Progress | None = None) -> Settings:
+    def up(
+        self, port_base: int = Ports.base, progress: Progress | None = None, install_packages: bool = True
+    ) -> Settings:
         with self._exclusive():
-            return self._up(port_base, progress)
+            return self._up(port_base, progress, install_packages)
 
-    def _up(self, port_base: int, progress: Progress | None) -> Settings:
+    def _up(self, port_base: int, progress: Progress | None, install_packages: bool) -> Settings:
         progress = progress or Progress("llmcloud cloud up")
         if self.is_up():
             progress.log(f"the local cloud in {self.work} is already up")
             return self.settings()
-        with progress.step("Debian packages (MariaDB, RabbitMQ, memcached, qemu-utils)"):
-            ensure_packages(DEBIAN_PACKAGES)
+        if install_packages:
+            with progress.step("Debian packages (MariaDB, RabbitMQ, memcached, qemu-utils)"):
+                ensure_packages(DEBIAN_PACKAGES)
+        elif missing := [cmd for cmd in DEBIAN_PACKAGES if not _which(cmd)]:
+            raise CloudError(
+                f"{', '.join(missing)} not installed", f"apt-get install {' '.join(DEBIAN_PACKAGES.values())}"
+            )
         with progress.step("OpenStack services' venv (cached by a hash of its pins)"):
             venv = services_venv(progress)
         ports = Ports(port_base)
@@ -724,6 +731,10 @@ def _group() -> str:
     import grp
 
     return grp.getgrgid(os.getegid()).gr_name
+
+
+def _which(cmd: str) -> str | None:
+    return shutil.which(cmd) or shutil.which(cmd, path="/usr/sbin:/sbin:/usr/local/sbin")
 
 
 def _sbin(cmd: str) -> str:
