@@ -98,6 +98,8 @@ def _http_status(exc: BaseException) -> int | None:
 
 def check(cfg: StackConfig, prefix: str, cloud: str | None) -> None:
     """Raise PreflightError with every problem found; return quietly when the cloud can build the stack."""
+    from openstack import exceptions
+
     conn = connect(cloud)
     problems: list[str] = []
     need = plan(cfg, prefix)
@@ -126,7 +128,10 @@ def check(cfg: StackConfig, prefix: str, cloud: str | None) -> None:
             )
 
     def network(key: str, name: str, external: bool) -> None:
-        found = conn.network.find_network(name)
+        try:
+            found = conn.network.find_network(name, ignore_missing=False)
+        except exceptions.NotFoundException:
+            found = None
         if found is None:
             externals = sorted(n.name for n in conn.network.networks(is_router_external=True))
             hint = (
@@ -146,7 +151,10 @@ def check(cfg: StackConfig, prefix: str, cloud: str | None) -> None:
         network("network.externalNetwork", cfg.network.external_network, external=True)
     if cfg.reach.floating_ip_pool:
         network("reach.floatingIpPool", cfg.reach.floating_ip_pool, external=True)
-    if cfg.keypair_name and conn.compute.find_keypair(cfg.keypair_name) is None:
+    try:
+        if cfg.keypair_name:
+            conn.compute.find_keypair(cfg.keypair_name, ignore_missing=False)
+    except exceptions.NotFoundException:
         problems.append(
             f"llmcloud:keypairName: no keypair {cfg.keypair_name!r}; fix: `openstack keypair list`"
         )

@@ -28,13 +28,14 @@ def fails(stack, operation: str = "preview", config: dict | None = None) -> str:
     """Run the operation with ``config`` set, expect it to fail, put the settings back; return the output."""
     out = Lines()
     current = stack.stack.get_all_config()
-    restore = {key: current[key].value for key in config or {}}
+    restore = {key: current[key].value for key in config or {} if key in current}
     stack.set_config(config or {})
     try:
         with pytest.raises(CommandError):
             getattr(stack, operation)(on_output=out)
     finally:
         stack.set_config(restore)
+        stack.remove_config(*(set(config or {}) - set(restore)))
     assert "Traceback" not in out.text
     return out.text
 
@@ -99,3 +100,12 @@ def test_unknown_cloud_entry(stack):
     text = fails(stack, config={"openstack:cloud": "no-such-cloud"})
     assert "openstack:cloud: Cloud no-such-cloud was not found" in text
     assert "fix: download clouds.yaml from Horizon" in text
+
+
+def test_unknown_keypair(stack, ssh_public_key):
+    stack.remove_config("llmcloud:sshPublicKey")
+    try:
+        text = fails(stack, config={"llmcloud:keypairName": "nobodys-key"})
+    finally:
+        stack.set_config({"llmcloud:sshPublicKey": ssh_public_key})
+    assert "llmcloud:keypairName: no keypair 'nobodys-key'; fix: `openstack keypair list`" in text
