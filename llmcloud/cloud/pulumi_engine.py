@@ -92,7 +92,7 @@ def _go() -> str:
 def _build(module: Path, package: str, output: Path, ldflags: str, what: str, progress: Progress) -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_suffix(".partial")
-    env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod -buildvcs=false"}
+    env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=readonly -buildvcs=false"}
     progress.log(f"building {what} from its Go module (cold: several minutes; then cached)")
     result = subprocess.run(
         [_go(), "build", "-trimpath", "-ldflags", ldflags, "-o", str(tmp), package],
