@@ -26,7 +26,6 @@ class Plan:
 
     servers: dict[str, str]  # server name -> flavor name
     volume_gb: dict[str, int]  # volume name -> size
-    floating_ips: int
 
 
 def plan(cfg: StackConfig, prefix: str) -> Plan:
@@ -39,7 +38,7 @@ def plan(cfg: StackConfig, prefix: str) -> Plan:
     for name, node in ((n, cfg.engine_node if not n.endswith("-edge1") else cfg.edge_node) for n in servers):
         if node.boot_volume_size:
             volumes[f"{name}-boot"] = node.boot_volume_size
-    return Plan(servers, volumes, 1 if cfg.reach.floating_ip_pool else 0)
+    return Plan(servers, volumes)
 
 
 def connect(cloud: str | None):
@@ -131,8 +130,6 @@ def check(cfg: StackConfig, prefix: str, cloud: str | None) -> None:
         try:
             found = conn.network.find_network(name, ignore_missing=False)
         except exceptions.NotFoundException:
-            found = None
-        if found is None:
             externals = sorted(n.name for n in conn.network.networks(is_router_external=True))
             hint = (
                 f"one of the external networks {', '.join(externals)}"
@@ -140,7 +137,8 @@ def check(cfg: StackConfig, prefix: str, cloud: str | None) -> None:
                 else "`openstack network list`"
             )
             problems.append(f"llmcloud:{key}: no network {name!r} in this project; fix: {hint}")
-        elif external and not found.is_router_external:
+            return
+        if external and not found.is_router_external:
             problems.append(
                 f"llmcloud:{key}: {name!r} is not an external network; fix: the cloud's public network"
             )
@@ -177,6 +175,8 @@ def check(cfg: StackConfig, prefix: str, cloud: str | None) -> None:
 
 def _quota(conn, need: Plan, flavors: dict) -> list[str]:
     """Headroom for what this run adds (servers and volumes that do not exist yet), not for what exists."""
+    from openstack import exceptions
+
     existing_servers = {s.name for s in conn.compute.servers()}
     new = {name: flavor for name, flavor in need.servers.items() if name not in existing_servers}
     existing_volumes = {v.name for v in conn.block_storage.volumes()}
@@ -185,10 +185,10 @@ def _quota(conn, need: Plan, flavors: dict) -> list[str]:
     problems = []
     limits = conn.compute.get_limits().absolute
 
-    def over(what: str, adds: int, used: int, limit: int, unit: str = "") -> None:
+    def over(what: str, adds: int, used: int, limit: int) -> None:
         if limit >= 0 and adds and used + adds > limit:
             problems.append(
-                f"quota: this run adds {adds}{unit} {what}, the project uses {used}{unit} of {limit}{unit}; "
+                f"quota: this run adds {adds} {what}, the project uses {used} of {limit}; "
                 "fix: ask the cloud's operators for more quota (de.NBI: the project's resource request), "
                 "or lower llmcloud:replicas / the node sizes"
             )
@@ -200,6 +200,6 @@ def _quota(conn, need: Plan, flavors: dict) -> list[str]:
         vol = conn.block_storage.get_limits().absolute
         over("volumes", new_volumes, vol.total_volumes_used, vol.max_total_volumes)
         over("GB of volume storage", new_gb, vol.total_gigabytes_used, vol.max_total_volume_gigabytes)
-    except Exception:  # a cloud without Cinder limits: the provider reports it
+    except exceptions.SDKException:  # a cloud without Cinder's limits API: the provider will say more
         pass
     return problems
