@@ -40,7 +40,6 @@ class CloudStack:
         overrides: dict[str, Any] | None = None,
         secrets_: dict[str, str] | None = None,
         inventory_root: Path | None = None,
-        extra_env: dict[str, str] | None = None,
     ):
         self.name = name
         self.cloud = cloud
@@ -52,21 +51,19 @@ class CloudStack:
         shutil.copyfile(stack_file, self.workdir / f"Pulumi.{name}.yaml")
         backend = cloud.work / "pulumi" / "state"
         backend.mkdir(parents=True, exist_ok=True)
-        env = {
+        self.env = {
             **engine.env(),
             "PULUMI_BACKEND_URL": f"file://{backend}",
             "PULUMI_CONFIG_PASSPHRASE": _passphrase(cloud),
             "OS_CLIENT_CONFIG_FILE": str(cloud.clouds_yaml),
-            **(extra_env or {}),
         }
-        self.env = env
         # The inline program (and its preflight) runs in this process: it reads the same clouds.yaml.
         os.environ["OS_CLIENT_CONFIG_FILE"] = str(cloud.clouds_yaml)
         options = auto.LocalWorkspaceOptions(
             work_dir=str(self.workdir),
             pulumi_home=str(engine.pulumi_home),
             pulumi_command=auto.PulumiCommand(root=str(engine.cli_root), skip_version_check=True),
-            env_vars=env,
+            env_vars=self.env,
             project_settings=auto.ProjectSettings(name=PROJECT, runtime="python"),
         )
         self.stack = auto.create_or_select_stack(
