@@ -44,8 +44,6 @@ DATABASES = (
     "nova_cell0",
     "manila",
 )
-#: The HTTP APIs, by service name: (port attribute, WSGI module, config args).
-APIS = ("keystone", "placement", "glance-api", "neutron-server", "cinder-api", "nova-api", "manila-api")
 DEBIAN_PACKAGES = {
     "mariadbd": "mariadb-server",
     "rabbitmq-server": "rabbitmq-server",
