@@ -25,20 +25,22 @@ class Plan:
     """What the stack needs from the cloud: VMs by name (with their flavor) and volumes."""
 
     servers: dict[str, str]  # server name -> flavor name
-    volume_gb: dict[str, int]  # volume name -> size
+    volume_gb: dict[str, int]  # data volume name -> size
+    boot_gb: dict[str, int]  # server name -> size of the boot volume Nova makes with it (deleted with it)
 
 
 def plan(cfg: StackConfig, prefix: str) -> Plan:
     servers = {f"{prefix}-llm{i}": cfg.engine_node.flavor for i in range(1, cfg.replicas + 1)}
     if cfg.topology == Topology.split:
         servers[f"{prefix}-edge1"] = cfg.edge_node.flavor
-    volumes = {
-        f"{name}-data": cfg.engine_node.data_volume_size for name in servers if not name.endswith("-edge1")
+    engines = [name for name in servers if not name.endswith("-edge1")]
+    volumes = {f"{name}-data": cfg.engine_node.data_volume_size for name in engines}
+    boot = {
+        name: node.boot_volume_size
+        for name in servers
+        if (node := cfg.engine_node if name in engines else cfg.edge_node).boot_volume_size
     }
-    for name, node in ((n, cfg.engine_node if not n.endswith("-edge1") else cfg.edge_node) for n in servers):
-        if node.boot_volume_size:
-            volumes[f"{name}-boot"] = node.boot_volume_size
-    return Plan(servers, volumes)
+    return Plan(servers, volumes, boot)
 
 
 def connect(cloud: str | None):
@@ -180,8 +182,10 @@ def _quota(conn, need: Plan, flavors: dict) -> list[str]:
     existing_servers = {s.name for s in conn.compute.servers()}
     new = {name: flavor for name, flavor in need.servers.items() if name not in existing_servers}
     existing_volumes = {v.name for v in conn.block_storage.volumes()}
-    new_gb = sum(size for name, size in need.volume_gb.items() if name not in existing_volumes)
-    new_volumes = sum(1 for name in need.volume_gb if name not in existing_volumes)
+    new_data = {name: size for name, size in need.volume_gb.items() if name not in existing_volumes}
+    new_boot = {name: size for name, size in need.boot_gb.items() if name in new}
+    new_gb = sum(new_data.values()) + sum(new_boot.values())
+    new_volumes = len(new_data) + len(new_boot)
     problems = []
     limits = conn.compute.get_limits().absolute
 

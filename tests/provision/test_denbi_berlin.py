@@ -15,15 +15,20 @@ from tests.provision.readback import inventory_view, newest_image, stack_resourc
 PREFIX = "llm-denbi-berlin"
 SOURCE = yaml.safe_load(Path("stacks/Pulumi.denbi-berlin.yaml").read_text())["config"]
 JUMP = SOURCE["llmcloud:reach"]["jumpHost"]
+BOOT_GB = 60
 
 
 @pytest.fixture(scope="module")
 def stack(make_stack):
     # allowDataLoss from the start: this module is about the topology; test_single covers protection.
+    # The engine boots from a volume made from its image (bootVolumeSize), as GPU VMs with big images do.
     stack = make_stack(
         "denbi-berlin",
         "denbi-berlin",
-        overrides={"llmcloud:allowDataLoss": "true"},
+        overrides={
+            "llmcloud:allowDataLoss": "true",
+            "llmcloud:engineNode": {**SOURCE["llmcloud:engineNode"], "bootVolumeSize": BOOT_GB},
+        },
         secrets={"llmcloud:resticPassword": RESTIC_PASSWORD},
     )
     preview = stack.preview(on_output=Lines())
@@ -41,11 +46,18 @@ def test_vms_on_the_projects_network_with_de_nbi_flavors_and_images(stack, admin
     assert {p.network_id for p in now.ports.values()} == {network.id}
     llm, edge = now.servers[f"{PREFIX}-llm1"], now.servers[f"{PREFIX}-edge1"]
     assert llm.flavor.original_name == "de.NBI GPU T4 medium"
-    assert llm.image.id == newest_image(admin, SOURCE["llmcloud:engineNode"]["imagePattern"]).id
+    data = now.volumes[f"{PREFIX}-llm1-data"]
+    assert data.size == SOURCE["llmcloud:engineNode"]["dataVolumeSize"]
+    # The engine boots from a volume made from the image (deleted with the VM); the data volume stays.
+    attached = {a["id"]: a["delete_on_termination"] for a in llm.attached_volumes}
+    (boot_id,) = set(attached) - {data.id}
+    boot = admin.block_storage.get_volume(boot_id)
+    assert boot.is_bootable and boot.size == BOOT_GB and attached == {boot_id: True, data.id: False}
+    engine_image = boot.volume_image_metadata["image_id"]
+    assert engine_image == newest_image(admin, SOURCE["llmcloud:engineNode"]["imagePattern"]).id
     assert edge.image.id == newest_image(admin, SOURCE["llmcloud:edgeNode"]["imagePattern"]).id
-    assert admin.image.get_image(llm.image.id).name.endswith("-gpu")
+    assert admin.image.get_image(engine_image).name.endswith("-gpu")
     assert not admin.image.get_image(edge.image.id).name.endswith("-gpu")
-    assert now.volumes[f"{PREFIX}-llm1-data"].size == SOURCE["llmcloud:engineNode"]["dataVolumeSize"]
 
 
 def test_floating_ip_from_the_private_pool_on_the_edge(stack, admin, project):

@@ -64,6 +64,5 @@ def test_preflight_plans_what_the_stack_adds():
     assert need.volume_gb == {
         "llm-t-llm1-data": cfg.engine_node.data_volume_size,
         "llm-t-llm2-data": cfg.engine_node.data_volume_size,
-        "llm-t-llm1-boot": 40,
-        "llm-t-llm2-boot": 40,
     }
+    assert need.boot_gb == {"llm-t-llm1": 40, "llm-t-llm2": 40}  # the edge boots from its flavor's disk
