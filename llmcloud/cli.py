@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import time
 from pathlib import Path
 
 from llmcloud import REPO_ROOT
@@ -100,7 +101,12 @@ def _cloud_parser(sub) -> None:
         "--port-base",
         type=int,
         default=Ports.base,
-        help=f"first of the 127.0.0.1 ports the cloud uses (default {Ports.base}; it uses 24 from there)",
+        help=f"first of the 127.0.0.1 ports the cloud uses (default {Ports.base}; it uses 31 from there)",
+    )
+    up.add_argument(
+        "--no-boot",
+        action="store_true",
+        help="no hypervisor: servers become ACTIVE without booting (no Docker needed)",
     )
     prepare = csub.add_parser(
         "prepare", help="build what the cloud and its tests need, once: the services' venv, the Pulumi engine"
@@ -165,7 +171,7 @@ def _cloud(args) -> int:
     cloud = Cloud(args.workdir)
     if args.action == "up":
         progress = Progress("llmcloud cloud up")
-        cloud.up(args.port_base, progress)
+        cloud.up(args.port_base, progress, boot=not args.no_boot)
         progress.summary()
         _print_cloud(cloud)
         return 0
@@ -175,13 +181,28 @@ def _cloud(args) -> int:
     if args.action == "status":
         services = [dataclasses.asdict(s) for s in cloud.services()]
         if args.json:
+            vms = hypervisor_status(cloud.work)
             print(
-                json.dumps({"workdir": str(cloud.work), "up": cloud.is_up(), "services": services}, indent=2)
+                json.dumps(
+                    {
+                        "workdir": str(cloud.work),
+                        "up": cloud.is_up(),
+                        "services": services,
+                        "hypervisor": vms,
+                    },
+                    indent=2,
+                )
             )
         else:
             _print_cloud(cloud)
         return 0 if cloud.is_up() else 3
     return _cloud_pulumi(cloud, args)
+
+
+def hypervisor_status(workdir: Path) -> dict | None:
+    from llmcloud.cloud import hypervisor
+
+    return hypervisor.status(workdir)
 
 
 def _print_cloud(cloud) -> None:
@@ -193,6 +214,19 @@ def _print_cloud(cloud) -> None:
     for s in services:
         port = f"127.0.0.1:{s.port}" if s.port else ""
         print(f"  {s.name:<18} pid {s.pid:<8} {'running' if s.alive else 'DEAD':<8} {port:<16} {s.log}")
+    vms = hypervisor_status(cloud.work)
+    if vms is not None:
+        age = time.time() - vms["updated"]
+        print(f"\n  servers booted as target hosts (hypervisor, checked {age:.0f}s ago):")
+        if vms.get("error"):
+            print(f"    last check FAILED: {vms['error']}")
+        for vm in vms["vms"]:
+            where = ", ".join(vm["addresses"] + [f"floating {a}" for a in vm["floating"]])
+            print(f"    {vm['name']:<24} {vm['state']:<8} {vm['container'] or '-':<26} {where}")
+            if vm.get("error"):
+                print(f"      error: {vm['error']}")
+        if not vms["vms"]:
+            print("    none (no ACTIVE server)")
     print(f"\n  clouds.yaml: {cloud.clouds_yaml}  (export OS_CLIENT_CONFIG_FILE=<it>)")
     print("  clouds:      llmcloud-local (the project's application credential), llmcloud-local-admin")
 

@@ -17,6 +17,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmcloud import REPO_ROOT
+from llmcloud.cloud import hypervisor
 from llmcloud.cloud.configs import COMPUTE_HOST, Configs, Ports, Settings
 from llmcloud.cloud.venv import services_venv
 from llmcloud.errors import UserError
@@ -114,12 +116,17 @@ class Cloud:
             yield
 
     def up(
-        self, port_base: int = Ports.base, progress: Progress | None = None, install_packages: bool = True
+        self,
+        port_base: int = Ports.base,
+        progress: Progress | None = None,
+        install_packages: bool = True,
+        boot: bool = True,
     ) -> Settings:
+        """Start the cloud; with ``boot``, its hypervisor too: every ACTIVE server boots as a target host."""
         with self._exclusive():
-            return self._up(port_base, progress, install_packages)
+            return self._up(port_base, progress, install_packages, boot)
 
-    def _up(self, port_base: int, progress: Progress | None, install_packages: bool) -> Settings:
+    def _up(self, port_base: int, progress: Progress | None, install_packages: bool, boot: bool) -> Settings:
         progress = progress or Progress("llmcloud cloud up")
         if self.is_up():
             progress.log(f"the local cloud in {self.work} is already up")
@@ -133,6 +140,11 @@ class Cloud:
             )
         with progress.step("OpenStack services' venv (cached by a hash of its pins)"):
             venv = services_venv(progress)
+        if boot:
+            with progress.step("the VM image (Debian 12, systemd, cloud-init; cached)"):
+                from llmcloud.local import image, system
+
+                image.ensure_vm(system.docker_client(), progress)
         ports = Ports(port_base)
         self._down(quiet=True)
         _check_ports_free(ports)
@@ -165,6 +177,9 @@ class Cloud:
                 starter.ready()
             with progress.step("seed: a de.NBI-like project, flavors, images, networks, clouds.yaml"):
                 starter.bootstrap("seed")
+            if boot:
+                with progress.step("hypervisor: a target host for every ACTIVE server, the site jump host"):
+                    starter.hypervisor()
         except CloudError:
             self._down(quiet=True, keep_state=True)
             raise
@@ -190,13 +205,17 @@ class Cloud:
                 _signal_group(s.pid, signal.SIGKILL)
         for pidfile in self.run_dir.glob("*.pid") if self.run_dir.is_dir() else []:
             pidfile.unlink()
+        # The VMs go with the cloud; their volumes' files stay with the state (or go with it below).
+        vms = hypervisor.teardown(self.work)
         if not keep_state:
             for sub in ("data", "run", "etc"):
                 shutil.rmtree(self.work / sub, ignore_errors=True)
             self.settings_file.unlink(missing_ok=True)
             self.clouds_yaml.unlink(missing_ok=True)
         if not quiet:
-            print(f"stopped {len(services)} processes of the local cloud in {self.work}")
+            print(
+                f"stopped {len(services)} processes and {vms} target hosts of the local cloud in {self.work}"
+            )
         return len(services)
 
 
@@ -630,6 +649,21 @@ class _Starter:
                 f"swift-{kind}", [str(self.bin / f"swift-{kind}-server"), str(sw / f"{kind}-server.conf")]
             )
         self.start("swift-proxy", [str(self.bin / "swift-proxy-server"), str(sw / "proxy-server.conf")])
+
+    def hypervisor(self) -> None:
+        # llmcloud's own interpreter (Docker's and OpenStack's SDKs), not the services' venv.
+        pid = self.start(
+            "hypervisor",
+            [sys.executable, "-m", "llmcloud.cloud.hypervisor", str(self.cloud.work)],
+            {"PYTHONPATH": ""},
+        )
+        status = self.cloud.work / hypervisor.STATUS_FILE
+        deadline = time.monotonic() + 60
+        while not status.is_file():
+            if not _alive(pid) or time.monotonic() > deadline:
+                log = self.cloud.logs / "hypervisor.out"
+                raise CloudError(f"the hypervisor did not start; see {log}", _tail(log))
+            time.sleep(0.5)
 
     def ready(self) -> None:
         nova = ["--config-file", self.conf("nova")]

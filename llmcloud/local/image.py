@@ -12,6 +12,7 @@ import json
 import tempfile
 from pathlib import Path
 
+from llmcloud.errors import UserError
 from llmcloud.local import system
 
 REPOSITORY = "llmcloud/debian12-systemd"
@@ -126,3 +127,57 @@ def remove_all(client) -> list[str]:
             client.images.remove(tag)
             removed.append(tag)
     return removed
+
+
+# ---- the cloud VM image: what the local OpenStack cloud boots for a server (llmcloud/cloud/hypervisor.py)
+VM_REPOSITORY = "llmcloud/debian12-cloud"
+#: Like a distribution's cloud image: cloud-init (NoCloud seed), a generated locale, no `deploy` user (the
+#: stack's user data makes it) and no SSH host keys (cloud-init makes them on first boot).
+VM_STEPS = (
+    "apt-get update -qq",
+    "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends cloud-init locales",
+    "sed -i 's/^# *en_US.UTF-8 UTF-8/en_US.UTF-8 UTF-8/' /etc/locale.gen && locale-gen",
+    "userdel deploy && rm -rf /home/deploy /etc/sudoers.d/deploy",
+    # The seed comes from the cloud's API; the network is set up by the hypervisor, as Neutron's DHCP would.
+    "printf 'datasource_list: [NoCloud, None]\\nnetwork: {config: disabled}\\n'"
+    " > /etc/cloud/cloud.cfg.d/90-llmcloud.cfg",
+    "mkdir -p /var/lib/cloud/seed/nocloud",
+    "rm -rf /var/lib/cloud/instances /var/lib/cloud/instance /var/lib/cloud/data /var/log/cloud-init*",
+    "rm -f /etc/ssh/ssh_host_* && truncate -s 0 /etc/machine-id",
+    "apt-get clean && rm -rf /var/lib/apt/lists/*",
+)
+
+
+def vm_image_ref() -> str:
+    digest = hashlib.sha256(json.dumps([image_ref(), VM_STEPS, CHANGES]).encode()).hexdigest()[:12]
+    return f"{VM_REPOSITORY}:{digest}"
+
+
+def ensure_vm(client, progress) -> str:
+    """Return the cloud VM image, deriving it from the base image when this recipe has none yet."""
+    from docker.errors import ImageNotFound
+
+    ref = vm_image_ref()
+    try:
+        client.images.get(ref)
+        progress.log(f"VM image {ref} is cached")
+        return ref
+    except ImageNotFound:
+        pass
+    base = ensure(client, progress)
+    with progress.step(f"derive {ref} (cloud-init from Debian's archive, about 30 s)"):
+        container = client.containers.run(base, ["sleep", "infinity"], detach=True, remove=False)
+        try:
+            for step in VM_STEPS:
+                result = container.exec_run(["sh", "-ec", step])
+                if result.exit_code != 0:
+                    tail = result.output.decode(errors="replace").strip().splitlines()[-3:]
+                    raise UserError(
+                        f"building {ref}: `{step}` failed (exit {result.exit_code}): {' | '.join(tail)}",
+                        "the step needs Debian's archive (deb.debian.org) from inside a container",
+                    )
+            repository, tag = ref.split(":")
+            container.commit(repository=repository, tag=tag, changes=CHANGES)
+        finally:
+            container.remove(force=True)
+    return ref
