@@ -101,7 +101,7 @@ def _cloud_parser(sub) -> None:
         "--port-base",
         type=int,
         default=Ports.base,
-        help=f"first of the 127.0.0.1 ports the cloud uses (default {Ports.base}; it uses 31 from there)",
+        help=f"first of the 127.0.0.1 ports the cloud uses (default {Ports.base}; it uses 25 from there)",
     )
     up.add_argument(
         "--no-boot",

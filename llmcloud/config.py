@@ -11,6 +11,7 @@ import ipaddress
 import json
 import re
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 from pydantic import (
@@ -344,6 +345,8 @@ class StackConfig(_Model):
     #: Public key for a new keypair, or the name of an existing keypair.
     ssh_public_key: str | None = None
     keypair_name: str | None = None
+    #: The private key `pulumi up` and Ansible log in with; default: your ssh-agent and ~/.ssh/id_*.
+    ssh_private_key_file: str | None = None
     #: The public DNS name of the service.
     domain: str
     network: Network = Network()
@@ -404,6 +407,18 @@ class StackConfig(_Model):
         ):
             raise ValueError("sshPublicKey is not an OpenSSH public key; fix: paste ~/.ssh/id_ed25519.pub")
         return value
+
+    @field_validator("ssh_private_key_file")
+    @classmethod
+    def _private_key(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        path = Path(value).expanduser()
+        if not path.is_file():
+            raise ValueError(
+                f"{value!r} is not a file; fix: the private half of sshPublicKey, e.g. ~/.ssh/id_ed25519"
+            )
+        return str(path.resolve())
 
     @model_validator(mode="after")
     def _cross_checks(self):

@@ -55,6 +55,9 @@ class Inventory:
     strict_host_key_checking: str = "accept-new"
     proxy_jump: str | None = None
     vars: dict[str, Any] = field(default_factory=dict)
+    #: Where ``ssh_config`` is written. With a jump host, every ssh reads it (``-F``): OpenSSH applies
+    #: command-line options to the target only, never to the jump hosts it passes through.
+    ssh_config_file: str | None = None
 
     def validate(self) -> None:
         names = [h.name for h in self.hosts]
@@ -88,8 +91,16 @@ class Inventory:
             opts.append(f"ProxyJump={jump}")
         return opts
 
+    def uses_jump_hosts(self) -> bool:
+        return bool(self.proxy_jump or any(h.proxy_jump for h in self.hosts))
+
     def ssh_common_args(self, host: InventoryHost | None = None) -> str:
-        return " ".join(f"-o {shlex.quote(o)}" for o in self.ssh_options(host))
+        config = (
+            [f"-F {shlex.quote(self.ssh_config_file)}"]
+            if self.ssh_config_file and self.uses_jump_hosts()
+            else []
+        )
+        return " ".join(config + [f"-o {shlex.quote(o)}" for o in self.ssh_options(host)])
 
 
 def _to_yaml(value: Any) -> str:
@@ -141,6 +152,20 @@ def write(inventory: Inventory, directory: Path, secrets: dict[str, str] | None 
     elif secrets_path.exists():
         secrets_path.unlink()
     return rendered
+
+
+GENERATED = ("group_vars/all/00-llmcloud.yml", "group_vars/all/01-secrets.yml")
+
+
+def user_settings(directory: Path) -> dict[str, str]:
+    """The user's own files beside the generated ones (group_vars/, host_vars/): {relative path: content}."""
+    out = {}
+    for sub in ("group_vars", "host_vars"):
+        for path in sorted((directory / sub).rglob("*")) if (directory / sub).is_dir() else []:
+            rel = str(path.relative_to(directory))
+            if path.is_file() and rel not in GENERATED:
+                out[rel] = path.read_text(errors="replace")
+    return out
 
 
 def require(directory: Path) -> Path:

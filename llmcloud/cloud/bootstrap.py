@@ -40,7 +40,8 @@ IMAGES = [
 ]
 #: External networks: the public one, and Berlin's private floating-IP pool.
 EXTERNAL = {
-    "public": ("public", "203.0.113.0/24", "203.0.113.100", "203.0.113.250"),
+    # Not 203.0.113.0/24: some sandboxes resolve package mirrors there (see hypervisor.machine_addresses).
+    "public": ("public", "198.51.100.0/24", "198.51.100.100", "198.51.100.250"),
     "dmz-int": ("dmz", "172.16.102.0/24", "172.16.102.100", "172.16.102.250"),
 }
 #: A de.NBI project comes with a routed network of its own.

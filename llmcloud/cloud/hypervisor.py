@@ -39,6 +39,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import tarfile
 import time
@@ -119,16 +120,18 @@ class VmRecord:
 class Hypervisor:
     def __init__(self, workdir: Path):
         from llmcloud.local import image, system
+        from llmcloud.progress import Progress
 
         self.work = Path(workdir).resolve()
         self.tag = cloud_tag(self.work)
         self.docker = system.docker_client()
-        self.image = image.vm_image_ref()
+        self.image = image.ensure_vm(self.docker, Progress("VM image"))  # built by `cloud up` already
         self.jump_image = image.image_ref()
         self.failed: dict[str, tuple[float, str]] = {}
         self.booted: dict[str, float] = {}
         self.jump_keys: dict[str, str] = {}
         self.rounds = 0
+        self.external: dict[str, Any] = {}
         self._admin = None
 
     # ---------------------------------------------------------------- cloud API
@@ -165,6 +168,7 @@ class Hypervisor:
         if existing:
             return existing[0]
         subnet = self.admin.network.get_subnet(subnet_id)
+        refuse_hiding(subnet.cidr, f"subnet {subnet.name or subnet_id}")
         pool = docker.types.IPAMPool(subnet=subnet.cidr, gateway=subnet.gateway_ip)
         return self.docker.networks.create(
             name,
@@ -181,6 +185,7 @@ class Hypervisor:
 
     # ---------------------------------------------------------------- reconcile
     def reconcile(self) -> list[VmRecord]:
+        self.external_networks()
         servers = {s["id"]: s for s in self.servers()}
         active = {sid: s for sid, s in servers.items() if s["status"] == "ACTIVE"}
         running = self.containers()
@@ -372,6 +377,7 @@ class Hypervisor:
             if subnets is None:
                 subnets = {s.id for s in self.admin.network.subnets()}
             if net.attrs["Labels"].get(SUBNET_LABEL) not in subnets:
+                self.external.pop(net.attrs["Labels"].get(SUBNET_LABEL), None)
                 net.remove()
 
     # ---------------------------------------------------------------- the site jump host
@@ -391,24 +397,37 @@ class Hypervisor:
         if accounts or not self.jump_keys:
             self._jump_accounts(container)
 
+    def external_networks(self) -> None:
+        """Every external subnet as a Docker network from the start: this machine is the router upstream."""
+        if self.rounds % 15:
+            return
+        for network in self.admin.network.networks(is_router_external=True):
+            for subnet_id in network.subnet_ids:
+                self.mark_external(subnet_id)
+
     def mark_external(self, subnet_id: str):
         """The Docker network of an external subnet, labelled so floating IPs may use it."""
         import docker
 
+        cached = self.external.get(subnet_id)
+        if cached is not None:
+            return cached
         net = self.network_for(subnet_id)
         if net.attrs["Labels"].get("llmcloud.external") == "true":
+            self.external[subnet_id] = net
             return net
         if net.attrs.get("Containers"):
             raise RuntimeError(f"{net.name} is in use as a project network")
         net.remove()
         subnet = self.admin.network.get_subnet(subnet_id)
         pool = docker.types.IPAMPool(subnet=subnet.cidr, gateway=subnet.gateway_ip)
-        return self.docker.networks.create(
+        self.external[subnet_id] = self.docker.networks.create(
             net.name,
             driver="bridge",
             ipam=docker.types.IPAMConfig(pool_configs=[pool]),
             labels=self.labels(**{SUBNET_LABEL: subnet_id, "llmcloud.external": "true"}),
         )
+        return self.external[subnet_id]
 
     def _start_jump_host(self, name: str, net):
         from llmcloud.cloud.configs import Settings
@@ -459,6 +478,43 @@ class Hypervisor:
             container.put_archive(f"/home/{user}", _tar(files))
             self.jump_keys[user] = keys
             log.info("jump host: account %s with %d key(s)", user, keys.count("\n"))
+
+
+#: Names whose addresses this machine and its VMs need (packages, images); a bridge must not hide them.
+NEEDED_NAMES = ("deb.debian.org", "security.debian.org", "pypi.org", "archive.ubuntu.com")
+
+
+def machine_addresses() -> dict[str, str]:
+    """{address: what} this machine depends on: its default gateway, its resolvers, its package mirrors."""
+    out = {}
+    for line in subprocess.run(
+        ["ip", "-4", "route", "show", "default"], capture_output=True, text=True
+    ).stdout.splitlines():
+        parts = line.split()
+        if "via" in parts:
+            out[parts[parts.index("via") + 1]] = "the default gateway"
+    resolv = Path("/etc/resolv.conf")
+    for line in resolv.read_text().splitlines() if resolv.is_file() else []:
+        if line.startswith("nameserver"):
+            out[line.split()[1]] = "a DNS resolver"
+    for name in NEEDED_NAMES:
+        try:
+            for info in socket.getaddrinfo(name, 80, socket.AF_INET, socket.SOCK_STREAM):
+                out.setdefault(info[4][0], name)
+        except OSError:
+            continue
+    return out
+
+
+def refuse_hiding(cidr: str, what: str) -> None:
+    """A Docker bridge for ``cidr`` would route those addresses to itself: refuse, naming the clash."""
+    network = ipaddress.ip_network(cidr)
+    for address, role in machine_addresses().items():
+        if ipaddress.ip_address(address) in network:
+            raise RuntimeError(
+                f"{what} ({cidr}) contains {address}, {role} of this machine; a bridge for it would cut "
+                "that off. Give the subnet another range"
+            )
 
 
 def _capabilities() -> list[str]:

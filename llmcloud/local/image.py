@@ -144,7 +144,8 @@ VM_STEPS = (
     "mkdir -p /var/lib/cloud/seed/nocloud",
     "rm -rf /var/lib/cloud/instances /var/lib/cloud/instance /var/lib/cloud/data /var/log/cloud-init*",
     "rm -f /etc/ssh/ssh_host_* && truncate -s 0 /etc/machine-id",
-    "apt-get clean && rm -rf /var/lib/apt/lists/*",
+    # The package lists stay, as in the base image: roles refresh them when older than an hour.
+    "apt-get clean",
 )
 
 

@@ -8,6 +8,7 @@ create()/update(), never in __init__, because Pulumi pickles the provider.
 from __future__ import annotations
 
 import hashlib
+import subprocess
 import sys
 import time
 import traceback
@@ -20,6 +21,7 @@ from pulumi.dynamic import CreateResult, DiffResult, Resource, ResourceProvider,
 from llmcloud import REPO_ROOT
 
 CLOUD_INIT_MARKER = "/var/lib/llmcloud/cloud-init.done"
+CLOUD_INIT_LOG = "/var/log/cloud-init-output.log"
 
 
 class ConfigureError(Exception):
@@ -83,43 +85,71 @@ def _connection(address: str, port: int, user: str, key_file: str | None, proxy_
     """A fabric connection, through each hop of an OpenSSH-style ProxyJump chain."""
     from fabric import Connection
 
+    kwargs = {"key_filename": key_file} if key_file else {}
     gateway = None
     for hop in (proxy_jump or "").split(","):
         if not hop:
             continue
         hop_user, _, hop_host = hop.rpartition("@")
         hop_host, _, hop_port = hop_host.partition(":")
-        gateway = Connection(hop_host, user=hop_user or None, port=int(hop_port or 22), gateway=gateway)
-    kwargs = {"key_filename": key_file} if key_file else {}
+        gateway = Connection(
+            hop_host,
+            user=hop_user or None,
+            port=int(hop_port or 22),
+            gateway=gateway,
+            connect_kwargs=kwargs,
+            connect_timeout=15,
+        )
     return Connection(
         address, user=user, port=port, gateway=gateway, connect_kwargs=kwargs, connect_timeout=15
     )
 
 
 def wait_for_host(host: dict[str, Any], user: str, key_file: str | None, timeout: float) -> None:
-    """Wait until SSH answers and cloud-init has finished, or fail naming the host and the cause."""
+    """Wait until SSH answers and cloud-init has finished, or fail naming the host, the cause and the log."""
     deadline = time.monotonic() + timeout
     last_error = "no answer"
     while time.monotonic() < deadline:
-        conn = _connection(host["address"], host["port"], user, key_file, host.get("proxy_jump"))
+        # Pulumi hands numbers over as floats; a float port fails inside getaddrinfo.
+        conn = _connection(host["address"], int(host["port"]), user, key_file, host.get("proxy_jump"))
         try:
-            result = conn.run("cloud-init status --wait", hide=True, warn=True, timeout=max(60, timeout))
+            left = max(10.0, deadline - time.monotonic())
+            result = conn.run("cloud-init status --wait --long", hide=True, warn=True, timeout=left)
             if result.exited not in (0, 2):  # 2: done with recoverable errors
-                raise ConfigureError(f"{host['name']}: cloud-init failed: {result.stdout.strip()[-300:]}")
+                detail = " ".join(
+                    line.strip()
+                    for line in result.stdout.splitlines()
+                    if line.strip().startswith(("status", "("))
+                )
+                tail = conn.run(f"sudo -n tail -n 4 {CLOUD_INIT_LOG}", hide=True, warn=True).stdout.strip()
+                raise ConfigureError(
+                    f"{host['name']}: cloud-init failed ({detail[-300:] or 'no detail'}); "
+                    f"{CLOUD_INIT_LOG} on the VM ends with: {' | '.join(tail.splitlines())[-600:]}"
+                )
             if conn.run(f"test -f {CLOUD_INIT_MARKER}", hide=True, warn=True).exited != 0:
                 raise ConfigureError(
                     f"{host['name']}: cloud-init finished without {CLOUD_INIT_MARKER}; "
-                    "see /var/log/cloud-init-output.log on the VM"
+                    f"see {CLOUD_INIT_LOG} on the VM"
                 )
             return
         except ConfigureError:
             raise
         except Exception as exc:  # SSH not up yet: keep waiting
             last_error = f"{type(exc).__name__}: {exc}"
-            time.sleep(10)
+            time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
         finally:
             conn.close()
     raise ConfigureError(f"{host['name']}: SSH not ready after {timeout:.0f}s ({last_error})")
+
+
+def forget_host_keys(inventory_dir: Path, addresses: list[str]) -> None:
+    """Drop the host keys of replaced VMs: same address, new machine, new keys (accept-new learns them)."""
+    known_hosts = inventory_dir / "ssh" / "known_hosts"
+    for address in addresses if known_hosts.is_file() else []:
+        # ssh-keygen also finds hashed entries (HashKnownHosts).
+        subprocess.run(
+            ["ssh-keygen", "-R", address, "-f", str(known_hosts)], capture_output=True, check=False
+        )
 
 
 class ConfigureProvider(ResourceProvider):
@@ -128,10 +158,16 @@ class ConfigureProvider(ResourceProvider):
         return CreateResult(id_=f"configure-{props['digest'][:16]}", outs=props)
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        changed = any(olds.get(k) != news.get(k) for k in ("digest", "verify", "inventory_dir"))
+        changed = any(olds.get(k) != news.get(k) for k in ("digest", "verify", "inventory_dir", "servers"))
         return DiffResult(changes=changed, replaces=[], stables=[], delete_before_replace=False)
 
-    def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+    def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        replaced = [
+            h
+            for h in news["hosts"]
+            if (olds.get("servers") or {}).get(h["name"]) != news["servers"][h["name"]]
+        ]
+        forget_host_keys(Path(news["inventory_dir"]), [h["address"] for h in replaced])
         self._run(news)
         return UpdateResult(outs=news)
 

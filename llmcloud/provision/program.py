@@ -202,6 +202,8 @@ def program(
             stack=stack,
             hosts=hosts,
             ssh_user=DEPLOY_USER,
+            ssh_private_key_file=cfg.ssh_private_key_file,
+            ssh_config_file=str((inventory_dir / "ssh_config").resolve()),
             known_hosts_file=str((inventory_dir / "ssh" / "known_hosts").resolve()),
             strict_host_key_checking="accept-new",
             proxy_jump=cfg.reach.jump_host,
@@ -214,7 +216,8 @@ def program(
             rendered = inventory.render(inv)
         else:
             rendered = inventory.write(inv, inventory_dir, secret_values)
-        return configuration_digest(rendered, secret_values)
+        # The user's own group_vars/host_vars files count too: changing one re-runs Ansible.
+        return configuration_digest({**rendered, **inventory.user_settings(inventory_dir)}, secret_values)
 
     built = addresses.apply(build)
     digest = pulumi.Output.all(built, pulumi.Output.all(**secrets)).apply(lambda a: write(a[0][0], a[1]))
@@ -256,8 +259,12 @@ def program(
                 "digest": digest,
                 "inventory_dir": str(inventory_dir),
                 "hosts": hosts,
+                # A replaced VM keeps its addresses but is a new machine: converge it, forget its host key.
+                "servers": pulumi.Output.all(*[n.instance.id for n in all_nodes.values()]).apply(
+                    lambda ids: dict(zip(names, ids, strict=True))
+                ),
                 "ssh_user": DEPLOY_USER,
-                "ssh_key_file": None,
+                "ssh_key_file": cfg.ssh_private_key_file,
                 "timeout": cfg.configure_timeout,
                 "verify": True,
             },

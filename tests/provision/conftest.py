@@ -59,8 +59,15 @@ def project(admin):
 
 
 @pytest.fixture(scope="session")
-def ssh_public_key(tmp_path_factory) -> str:
-    return ensure_ed25519(tmp_path_factory.mktemp("ssh") / "id_ed25519", "tests@llmcloud")
+def ssh_private_key(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("ssh") / "id_ed25519"
+    ensure_ed25519(path, "tests@llmcloud")
+    return path
+
+
+@pytest.fixture(scope="session")
+def ssh_public_key(ssh_private_key) -> str:
+    return ensure_ed25519(ssh_private_key, "tests@llmcloud")
 
 
 @pytest.fixture(scope="session")

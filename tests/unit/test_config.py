@@ -188,4 +188,5 @@ def test_schema_is_the_one_source_of_settings():
         "resticPassword",
         "oauthClientSecret",
         "keypairName",
+        "sshPrivateKeyFile",  # commented out in the example: it must name a file on this machine
     }
