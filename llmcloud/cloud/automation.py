@@ -133,13 +133,18 @@ class CloudStack:
         """Delete whatever an earlier, interrupted run left in this stack, protected resources too."""
         if not self.stack.export_stack().deployment.get("resources"):
             return
-        subprocess.run(
-            [str(self.engine.cli), "state", "unprotect", "--all", "--yes", "--stack", self.name],
-            cwd=self.workdir,
-            env={**os.environ, **self.env},
-            check=True,
-            capture_output=True,
-        )
+
+        def cli(*args: str, check: bool = True) -> None:
+            subprocess.run(
+                [str(self.engine.cli), *args, "--yes", "--stack", self.name],
+                cwd=self.workdir,
+                env={**os.environ, **self.env},
+                check=check,
+                capture_output=True,
+            )
+
+        cli("cancel", check=False)  # the lock an interrupted run left behind, if any
+        cli("state", "unprotect", "--all")
         self.destroy()
 
     def remove(self) -> None:

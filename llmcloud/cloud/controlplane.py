@@ -152,6 +152,8 @@ class Cloud:
         for sub in ("data", "logs", "run", "etc"):
             shutil.rmtree(self.work / sub, ignore_errors=True)
             (self.work / sub).mkdir(mode=0o700)
+        # Stacks of an earlier cloud name resources this one never had: their state goes with it.
+        shutil.rmtree(self.work / "pulumi", ignore_errors=True)
         settings = Settings(
             workdir=str(self.work),
             venv=str(venv),

@@ -152,6 +152,32 @@ def forget_host_keys(inventory_dir: Path, addresses: list[str]) -> None:
         )
 
 
+def converge_in_child(inventory_dir: Path) -> str | None:
+    """`llmcloud converge` in a process of its own; returns the first failure, or None when it converged.
+
+    Not in this process: Pulumi's dynamic-provider host runs gRPC threads, and ansible-runner forks (pexpect);
+    a fork beside those threads made the playbook fail at random before its first task. The child's progress
+    streams through to `pulumi up`'s output as it comes.
+    """
+    child = subprocess.Popen(
+        [sys.executable, "-m", "llmcloud.cli", "converge", "-i", str(inventory_dir)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    error = None
+    assert child.stderr is not None
+    for line in child.stderr:
+        sys.stderr.write(line)
+        sys.stderr.flush()
+        if line.startswith("llmcloud: error: "):
+            error = line.removeprefix("llmcloud: error: ").removeprefix("converge failed: ").strip()
+    if child.wait() == 0:
+        return None
+    return error or f"`llmcloud converge` exited with {child.returncode}"
+
+
 class ConfigureProvider(ResourceProvider):
     def create(self, props: dict[str, Any]) -> CreateResult:
         self._run(props)
@@ -176,7 +202,7 @@ class ConfigureProvider(ResourceProvider):
 
     @staticmethod
     def _run(props: dict[str, Any]) -> None:
-        from llmcloud import converge, verify
+        from llmcloud import verify
         from llmcloud.progress import Progress
 
         inventory_dir = Path(props["inventory_dir"])
@@ -184,16 +210,18 @@ class ConfigureProvider(ResourceProvider):
         with progress.step("wait for SSH and cloud-init"):
             for host in props["hosts"]:
                 wait_for_host(host, props["ssh_user"], props.get("ssh_key_file"), float(props["timeout"]))
-        result = converge.converge(inventory_dir, progress)
-        if not result.ok:
-            first = result.failures[0] if result.failures else f"ansible-runner status {result.status}"
-            raise ConfigureError(
-                f"site.yml failed: {first} (re-run: ansible-playbook -i {inventory_dir} site.yml)"
-            )
-        if props.get("verify") and verify.verify(inventory_dir) != 0:
-            raise ConfigureError(
-                f"post-deploy checks failed: run `make verify INVENTORY={inventory_dir}` for details"
-            )
+        with progress.step("converge site.yml"):
+            failure = converge_in_child(inventory_dir)
+            if failure is not None:
+                raise ConfigureError(
+                    f"site.yml failed: {failure} (re-run: ansible-playbook -i {inventory_dir} site.yml)"
+                )
+        if props.get("verify"):
+            with progress.step("post-deploy checks (tests/infra)"):
+                if verify.verify(inventory_dir) != 0:
+                    raise ConfigureError(
+                        f"post-deploy checks failed: run `make verify INVENTORY={inventory_dir}` for details"
+                    )
 
 
 class Configure(Resource):

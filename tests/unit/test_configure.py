@@ -6,7 +6,7 @@ import pickle
 
 import pytest
 
-from llmcloud import converge, verify
+from llmcloud import verify
 from llmcloud.provision import configure
 from llmcloud.provision.configure import ConfigureError, ConfigureProvider
 
@@ -14,6 +14,7 @@ PROPS = {
     "digest": "a" * 64,
     "inventory_dir": "/nonexistent/inventory/test",
     "hosts": [{"name": "llm1", "address": "10.0.0.5", "port": 22, "proxy_jump": "alice@jump.example.org"}],
+    "servers": {"llm1": "server-1"},
     "ssh_user": "deploy",
     "ssh_key_file": None,
     "timeout": 5,
@@ -24,18 +25,18 @@ PROPS = {
 @pytest.fixture
 def calls(monkeypatch):
     """Replace SSH, Ansible and testinfra with recorders; tests set what they answer."""
-    record = {"waited": [], "converged": 0, "verified": 0, "converge_result": None, "verify_rc": 0}
+    record = {"waited": [], "converged": 0, "verified": 0, "converge_failure": None, "verify_rc": 0}
 
-    def fake_converge(inventory_dir, progress, **_):
+    def fake_converge(inventory_dir):
         record["converged"] += 1
-        return record["converge_result"] or converge.ConvergeResult(status="successful", rc=0)
+        return record["converge_failure"]
 
     def fake_verify(inventory_dir, extra=None):
         record["verified"] += 1
         return record["verify_rc"]
 
     monkeypatch.setattr(configure, "wait_for_host", lambda host, *a: record["waited"].append(host["name"]))
-    monkeypatch.setattr(converge, "converge", fake_converge)
+    monkeypatch.setattr(configure, "converge_in_child", fake_converge)
     monkeypatch.setattr(verify, "verify", fake_verify)
     return record
 
@@ -54,14 +55,19 @@ def test_create_waits_converges_and_verifies(calls):
 
 
 def test_failed_playbook_surfaces_the_ansible_error(calls):
-    calls["converge_result"] = converge.ConvergeResult(
-        status="failed", rc=2, failures=["llm1: Install packages: No package matching 'nvidia-driver'"]
-    )
+    calls["converge_failure"] = "llm1: Install packages: No package matching 'nvidia-driver'"
     with pytest.raises(ConfigureError) as err:
         ConfigureProvider().create(dict(PROPS))
     assert "No package matching 'nvidia-driver'" in str(err.value)
     assert "ansible-playbook -i /nonexistent/inventory/test site.yml" in str(err.value)
     assert calls["verified"] == 0
+
+
+def test_converge_runs_in_a_child_and_brings_back_its_error(tmp_path, capfd):
+    # The real `llmcloud converge` in its own process: here it stops at once, naming the missing inventory.
+    failure = configure.converge_in_child(tmp_path / "nowhere")
+    assert failure is not None and "no inventory at" in failure
+    assert "no inventory at" in capfd.readouterr().err  # its output streams through
 
 
 def test_failed_checks_fail_the_resource(calls):
@@ -77,7 +83,13 @@ def test_verify_switch(calls):
 
 @pytest.mark.parametrize(
     ("change", "expected"),
-    [({}, False), ({"digest": "b" * 64}, True), ({"verify": False}, True), ({"timeout": 99}, False)],
+    [
+        ({}, False),
+        ({"digest": "b" * 64}, True),
+        ({"verify": False}, True),
+        ({"timeout": 99}, False),
+        ({"servers": {"llm1": "server-2"}}, True),  # a replaced VM: same inventory, new machine
+    ],
 )
 def test_diff_follows_the_digest(change, expected):
     diff = ConfigureProvider().diff("id", dict(PROPS), {**PROPS, **change})
@@ -88,6 +100,18 @@ def test_diff_follows_the_digest(change, expected):
 def test_update_runs_again(calls):
     ConfigureProvider().update("id", dict(PROPS), {**PROPS, "digest": "b" * 64})
     assert calls["converged"] == 1
+
+
+def test_update_forgets_only_the_host_keys_of_replaced_vms(calls, tmp_path):
+    known = tmp_path / "ssh" / "known_hosts"
+    known.parent.mkdir()
+    known.write_text("10.0.0.5 ssh-ed25519 AAAAold\n10.0.0.6 ssh-ed25519 AAAAother\n")
+    two = [PROPS["hosts"][0], {**PROPS["hosts"][0], "name": "llm2", "address": "10.0.0.6"}]
+    olds = {**PROPS, "inventory_dir": str(tmp_path), "hosts": two, "servers": {"llm1": "a", "llm2": "b"}}
+    ConfigureProvider().update("id", olds, {**olds, "servers": {"llm1": "a2", "llm2": "b"}})
+    assert calls["converged"] == 1
+    assert "10.0.0.5" not in known.read_text()
+    assert "10.0.0.6 ssh-ed25519 AAAAother" in known.read_text()
 
 
 def test_digest_changes_with_inventory_roles_and_secrets(tmp_path, monkeypatch):
