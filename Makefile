@@ -100,3 +100,4 @@ bench: venv ## print timings: make local, no-op converge; engine roles and recov
 	$(BIN)/python bench/edge.py
 	$(BIN)/python bench/backup.py
 	$(BIN)/python bench/provision.py
+	$(BIN)/python bench/boot.py

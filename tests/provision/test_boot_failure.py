@@ -50,7 +50,7 @@ def wait_for(predicate, what: str, timeout: float = 60) -> None:
 def test_broken_data_volume_fails_up_with_host_cause_and_log(stack, cloud, admin):
     assert stack.up(on_output=Lines()).summary.result == "succeeded"  # configure off: VM and volume only
     server = admin.compute.find_server(f"{PREFIX}-llm1", all_projects=True, ignore_missing=False)
-    volume = admin.block_storage.find_volume(f"{PREFIX}-llm1-data", ignore_missing=False)
+    volume = admin.block_storage.find_volume(f"{PREFIX}-llm1-data", ignore_missing=False, all_projects=True)
 
     def booted() -> bool:  # as the hypervisor reports it (`llmcloud cloud status`)
         vms = (hypervisor.status(cloud.work) or {}).get("vms", [])

@@ -149,7 +149,7 @@ def test_replaced_vm_keeps_its_data_volume_and_model_cache(deployed, stack, admi
     wrote = ssh(stack, f"echo {marker} | sudo -n tee /srv/llmcloud/llmcloud-test-marker")
     assert wrote.returncode == 0, wrote.stderr
     before = ssh(stack, "sudo -n cloud-init query instance-id").stdout.strip()
-    volume = admin.block_storage.find_volume(f"{PREFIX}-llm1-data", ignore_missing=False)
+    volume = admin.block_storage.find_volume(f"{PREFIX}-llm1-data", ignore_missing=False, all_projects=True)
     # An older image than imagePattern picks: the VM is replaced, its data volume moves over.
     node = {"flavor": "gpu.medium", "image": "Ubuntu-24.04-20260901", "dataVolumeSize": 10, "gpu": False}
     stack.set_config({"llmcloud:engineNode": node})
@@ -160,6 +160,6 @@ def test_replaced_vm_keeps_its_data_volume_and_model_cache(deployed, stack, admi
     instance, kept = after.stdout.strip().splitlines()
     assert instance != before
     assert kept == marker
-    assert admin.block_storage.find_volume(f"{PREFIX}-llm1-data").id == volume.id
+    assert admin.block_storage.find_volume(f"{PREFIX}-llm1-data", all_projects=True).id == volume.id
     # The new VM was converged and checked (its old host key forgotten, the new one learnt).
     assert "PLAY" in lines.text

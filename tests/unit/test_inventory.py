@@ -91,3 +91,20 @@ def test_missing_inventory_names_the_fix(tmp_path):
         inventory.require(tmp_path / "nope")
     assert "no inventory at" in err.value.cause
     assert "make local" in err.value.fix
+
+
+def test_user_settings_are_the_users_own_files_only(tmp_path):
+    from llmcloud.inventory import user_settings
+
+    (tmp_path / "group_vars" / "all").mkdir(parents=True)
+    (tmp_path / "host_vars").mkdir()
+    (tmp_path / "group_vars" / "all" / "00-llmcloud.yml").write_text("generated: 1\n")
+    (tmp_path / "group_vars" / "all" / "01-secrets.yml").write_text("secret: x\n")
+    (tmp_path / "group_vars" / "all" / "50-mine.yml").write_text("mine: 1\n")
+    (tmp_path / "host_vars" / "llm1.yml").write_text("gpu: 2\n")
+    (tmp_path / "hosts.yml").write_text("all: {}\n")
+    assert user_settings(tmp_path) == {
+        "group_vars/all/50-mine.yml": "mine: 1\n",
+        "host_vars/llm1.yml": "gpu: 2\n",
+    }
+    assert user_settings(tmp_path / "missing") == {}
