@@ -159,8 +159,10 @@ def _cloud(args) -> int:
         if args.start_cloud:
             try:
                 with progress.step(f"start a cloud in {args.start_cloud} for the tests"):
+                    # Without its hypervisor: that needs the hosts' base image, which the other suites
+                    # build meanwhile; the tests start it when they need it (Cloud.start_hypervisor).
                     Cloud(args.start_cloud).up(
-                        args.port_base, progress, install_packages=not args.no_packages
+                        args.port_base, progress, install_packages=not args.no_packages, boot=False
                     )
             except UserError as err:  # the tests start one themselves then
                 progress.log(f"not started: {err}")

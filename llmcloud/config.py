@@ -110,6 +110,15 @@ class Node(_Model):
     def _pattern_compiles(cls, value):
         return _check_regex(value, "imagePattern")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _image_replaces_the_default_pattern(cls, data):
+        """`image: <name>` alone means that image: the default imagePattern steps aside."""
+        if isinstance(data, dict) and data.get("image") is not None:
+            if "imagePattern" not in data and "image_pattern" not in data:
+                data = {**data, "imagePattern": None}
+        return data
+
     @model_validator(mode="after")
     def _one_image(self):
         if (self.image is None) == (self.image_pattern is None):

@@ -180,13 +180,27 @@ class Cloud:
             with progress.step("seed: a de.NBI-like project, flavors, images, networks, clouds.yaml"):
                 starter.bootstrap("seed")
             if boot:
-                with progress.step("hypervisor: a target host for every ACTIVE server, the site jump host"):
-                    starter.hypervisor()
+                self._start_hypervisor(settings, configs, progress)
         except CloudError:
             self._down(quiet=True, keep_state=True)
             raise
         progress.log(f"clouds.yaml: {self.clouds_yaml} (clouds llmcloud-local, llmcloud-local-admin)")
         return settings
+
+    def start_hypervisor(self, progress: Progress | None = None) -> None:
+        """Start the hypervisor of a cloud started without it (`up --no-boot`); nothing if it runs."""
+        with self._exclusive():
+            settings = self.settings()
+            self._start_hypervisor(settings, Configs(settings), progress or Progress("hypervisor"))
+
+    def _start_hypervisor(self, settings: Settings, configs: Configs, progress: Progress) -> None:
+        if any(s.name == "hypervisor" and s.alive for s in self.services()):
+            return
+        from llmcloud.local import image, system
+
+        image.ensure_vm(system.docker_client(), progress)
+        with progress.step("hypervisor: a target host for every ACTIVE server, the site jump host"):
+            _Starter(self, settings, configs).hypervisor()
 
     def down(self, quiet: bool = False, keep_state: bool = False) -> int:
         """Stop every process the cloud started (TERM to its process group, then KILL)."""

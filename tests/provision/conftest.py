@@ -41,6 +41,7 @@ def cloud(tmp_path_factory) -> Iterator[Cloud]:
     reuse = bool(given) and local.is_up()
     if not reuse:
         local.up(port_base=int(os.environ.get("LLMCLOUD_TEST_CLOUD_PORT_BASE", "27300")))
+    local.start_hypervisor()  # `make test` starts the cloud early, without it
     os.environ["OS_CLIENT_CONFIG_FILE"] = str(local.clouds_yaml)
     yield local
     if not reuse:

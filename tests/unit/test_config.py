@@ -87,7 +87,7 @@ BAD = [
     ({"adminCidrs": ["0.0.0.0/0"]}, "allowSshFromWorld"),
     ({"adminCidrs": ["::/0"]}, "allowSshFromWorld"),
     ({"engineNode": {"flavor": ""}}, "llmcloud:engineNode.flavor"),
-    ({"engineNode": {"image": "Ubuntu-24.04"}}, "llmcloud:engineNode"),  # both name and pattern set
+    ({"engineNode": {"image": "Ubuntu-24.04", "imagePattern": "^U"}}, "llmcloud:engineNode"),  # both set
     ({"engineNode": {"imagePattern": "Ubuntu-(24"}}, "llmcloud:engineNode.imagePattern"),
     ({"edgeNode": {"image": None, "imagePattern": None}}, "llmcloud:edgeNode"),
     ({"engineNode": {"dataVolumeSize": 5}}, "llmcloud:engineNode.dataVolumeSize"),
@@ -190,3 +190,8 @@ def test_schema_is_the_one_source_of_settings():
         "keypairName",
         "sshPrivateKeyFile",  # commented out in the example: it must name a file on this machine
     }
+
+
+def test_an_exact_image_alone_replaces_the_default_pattern():
+    cfg = parse({**BASE, "engineNode": {"image": "Ubuntu-24.04-20260901"}})
+    assert (cfg.engine_node.image, cfg.engine_node.image_pattern) == ("Ubuntu-24.04-20260901", None)
