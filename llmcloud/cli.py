@@ -67,6 +67,11 @@ def parser() -> argparse.ArgumentParser:
     _stack_args(down)
     down.add_argument("--purge-image", action="store_true", help="also remove the cached base image")
     lsub.add_parser("image", help="build the base image if needed; print its reference")
+    lsub.add_parser(
+        "images",
+        help="build every image the local stack and the local cloud use, if needed (base, VM, engine test "
+        "double, oauth2-proxy, identity provider); print their references",
+    )
     status = lsub.add_parser("status", help="show the hosts of a stack")
     _stack_args(status)
     status.add_argument("--json", action="store_true", help="machine-readable output")
@@ -343,6 +348,21 @@ def _dispatch(args) -> int:
 
         progress = Progress("base image")
         print(image.ensure(system.docker_client(), progress))
+        return 0
+    if args.action == "images":
+        from llmcloud.local import engine_double, image, peers, system
+
+        client, progress = system.docker_client(), Progress("images")
+        cache = REPO_ROOT / ".cache" / "images"
+        base = image.ensure(client, progress)
+        for ref in (
+            base,
+            image.ensure_vm(client, progress),
+            engine_double.ensure(client, progress, cache)[0],
+            peers.oauth2_proxy(client, progress, cache)[0],
+            peers.oidc_mock(client, progress, base),
+        ):
+            print(ref)
         return 0
     stack = _local_stack(args)
     if args.action == "status":

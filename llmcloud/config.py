@@ -114,9 +114,9 @@ class Node(_Model):
     @classmethod
     def _image_replaces_the_default_pattern(cls, data):
         """`image: <name>` alone means that image: the default imagePattern steps aside."""
-        if isinstance(data, dict) and data.get("image") is not None:
-            if "imagePattern" not in data and "image_pattern" not in data:
-                data = {**data, "imagePattern": None}
+        explicit = isinstance(data, dict) and ({"imagePattern", "image_pattern"} & set(data))
+        if isinstance(data, dict) and data.get("image") is not None and not explicit:
+            data = {**data, "imagePattern": None}
         return data
 
     @model_validator(mode="after")

@@ -34,7 +34,7 @@ def idp(cloud, admin):
 
 @pytest.fixture(scope="module")
 def stack(make_stack, ssh_private_key, ssh_public_key):
-    return make_stack(
+    made = make_stack(
         "boot",
         "example",
         stack_settings(
@@ -55,6 +55,8 @@ def stack(make_stack, ssh_private_key, ssh_public_key):
         ),
         {"llmcloud:oauthClientSecret": "local-client-secret"},
     )
+    yield made
+    made.reset()  # its VM would hold memory and CPU through the rest of the suite
 
 
 @pytest.fixture(scope="module")
