@@ -95,12 +95,26 @@ def attach_loop(path: Path) -> str:
     return _losetup("--find", "--show", "--nooverlap", str(path))
 
 
-def detach_loops(path: Path) -> None:
-    """Detach every loop device over ``path`` (one still mounted in a dying container detaches when freed)."""
+def loops_of(path: Path) -> list[str]:
     if not path.exists():
-        return
-    for line in _losetup("--associated", str(path), "--noheadings", "--output", "NAME").splitlines():
-        subprocess.run(["losetup", "--detach", line.strip()], capture_output=True)
+        return []
+    return _losetup("--associated", str(path), "--noheadings", "--output", "NAME").split()
+
+
+def detach_loops(path: Path, wait: float = 15.0) -> bool:
+    """Detach every loop device over ``path``; True once none is left.
+
+    A file system still mounted in a stopped container's namespace keeps its loop device (it detaches when the
+    kernel lets go, and writes its last blocks first): wait for that, so nobody touches the file before.
+    """
+    deadline = time.monotonic() + wait
+    while loops := loops_of(path):
+        for loop in loops:
+            subprocess.run(["losetup", "--detach", loop], capture_output=True)
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
 
 
 @dataclass

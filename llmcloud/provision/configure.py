@@ -121,10 +121,15 @@ def wait_for_host(host: dict[str, Any], user: str, key_file: str | None, timeout
                     for line in result.stdout.splitlines()
                     if line.strip().startswith(("status", "("))
                 )
-                tail = conn.run(f"sudo -n tail -n 4 {CLOUD_INIT_LOG}", hide=True, warn=True).stdout.strip()
+                # Our user data's own messages start with "llmcloud:"; else the log's last lines.
+                ours = conn.run(f"sudo -n grep -h '^llmcloud:' {CLOUD_INIT_LOG}", hide=True, warn=True).stdout
+                tail = (
+                    ours.strip()
+                    or conn.run(f"sudo -n tail -n 4 {CLOUD_INIT_LOG}", hide=True, warn=True).stdout
+                )
                 raise ConfigureError(
                     f"{host['name']}: cloud-init failed ({detail[-300:] or 'no detail'}); "
-                    f"{CLOUD_INIT_LOG} on the VM ends with: {' | '.join(tail.splitlines())[-600:]}"
+                    f"{CLOUD_INIT_LOG} on the VM says: {' | '.join(tail.strip().splitlines()[-4:])[-600:]}"
                 )
             if conn.run(f"test -f {CLOUD_INIT_MARKER}", hide=True, warn=True).exited != 0:
                 raise ConfigureError(

@@ -61,7 +61,7 @@ def test_broken_data_volume_fails_up_with_host_cause_and_log(stack, cloud, admin
     admin.compute.stop_server(server)
     wait_for(lambda: not booted(), "the VM to stop")
     path = hypervisor.volume_file(cloud.work, volume.id)
-    hypervisor.detach_loops(path)
+    assert hypervisor.detach_loops(path, wait=60), "the stopped VM's volume is still in use"
     with open(path, "r+b") as disk:
         disk.write(b"\0" * (1 << 20))  # no ext4 signature left for blkid to find
     subprocess.run(["mkswap", str(path)], check=True, capture_output=True)

@@ -185,7 +185,11 @@ def test_user_data_has_what_cloud_init_needs(tmp_path):
     script = doc["write_files"][0]["content"]
     assert 'dev="/dev/disk/by-id/virtio-llm-test-llm1-data-i"' in script  # volume id cut to 20 characters
     assert "mkfs.ext4" in script and "nofail" in script
-    assert ["touch", "/var/lib/llmcloud/cloud-init.done"] in doc["runcmd"]
+    # The ready marker only after the data volume is ready: one command, stopping at the first failure.
+    (command,) = doc["runcmd"]
+    assert command[:2] == ["sh", "-ec"]
+    assert command[2].startswith("/usr/local/sbin/llmcloud-prepare-data && ")
+    assert command[2].endswith("touch /var/lib/llmcloud/cloud-init.done")
 
 
 def test_existing_keypair_key_reaches_the_deploy_user(tmp_path):
