@@ -63,7 +63,11 @@ log = logging.getLogger("llmcloud.hypervisor")
 
 
 def cloud_tag(workdir: Path) -> str:
-    """Labels what belongs to the cloud in ``workdir``: two clouds on one machine leave each other alone."""
+    """Labels what belongs to the cloud in ``workdir``, so one cloud's teardown leaves another's alone.
+
+    Two clouds can run on one machine, but only one can boot servers at a time: Docker bridges of the same
+    subnets (the seeded networks) cannot overlap, and the second hypervisor reports that for each server.
+    """
     return hashlib.sha256(str(Path(workdir).resolve()).encode()).hexdigest()[:10]
 
 
