@@ -12,6 +12,7 @@ Not measured: restoring from the Manila share (this kernel has no NFS client; se
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import subprocess
 import sys
@@ -139,8 +140,6 @@ def main() -> None:
         began = time.monotonic()
         cloud.up(port_base=PORT_BASE, progress=progress)
         rows.append(("cloud up (warm venv, with the hypervisor)", time.monotonic() - began))
-    import os
-
     os.environ["OS_CLIENT_CONFIG_FILE"] = str(cloud.clouds_yaml)
     key = Path(tempfile.mkdtemp(prefix="llmcloud-bench-ssh-")) / "id_ed25519"
     ensure_ed25519(key, "bench@llmcloud")
