@@ -136,16 +136,6 @@ def test_second_up_changes_nothing_and_runs_no_ansible(deployed, stack):
     assert "PLAY" not in lines.text
 
 
-def test_a_changed_setting_runs_ansible_again(deployed, stack):
-    extra = stack.inventory_dir / "group_vars" / "all" / "70-mine.yml"
-    extra.write_text("common_journald_system_max_use: 300M\n")
-    lines = Lines()
-    result = stack.up(on_output=lines)
-    assert result.summary.resource_changes.get("update") == 1
-    assert "PLAY" in lines.text
-    assert "300M" in ssh(stack, "cat /etc/systemd/journald.conf.d/*.conf").stdout
-
-
 def test_replaced_vm_keeps_its_data_volume_and_model_cache(deployed, stack, admin):
     marker = f"cache-{time.time_ns()}"
     wrote = ssh(stack, f"echo {marker} | sudo -n tee /srv/llmcloud/llmcloud-test-marker")
@@ -155,9 +145,16 @@ def test_replaced_vm_keeps_its_data_volume_and_model_cache(deployed, stack, admi
     # An older image than imagePattern picks: the VM is replaced, its data volume moves over.
     node = {"flavor": "gpu.medium", "image": "Ubuntu-24.04-20260901", "dataVolumeSize": 10, "gpu": False}
     stack.set_config({"llmcloud:engineNode": node})
+    # And a setting of the user's own in the inventory, which lands on the new VM. (That such a file alone
+    # re-runs Ansible is proven in tests/unit: user_settings in the digest, the digest in Configure's diff;
+    # a converge of its own here would cost CI three more minutes.)
+    (stack.inventory_dir / "group_vars" / "all" / "70-mine.yml").write_text(
+        "common_journald_system_max_use: 300M\n"
+    )
     lines = Lines()
     result = stack.up(on_output=lines)
-    assert result.summary.resource_changes.get("replace") == 1, result.summary.resource_changes
+    changes = result.summary.resource_changes
+    assert changes.get("replace") == 1 and changes.get("update", 0) >= 1, changes  # the VM, and Configure
     after = ssh(stack, "sudo -n cloud-init query instance-id; sudo -n cat /srv/llmcloud/llmcloud-test-marker")
     instance, kept = after.stdout.strip().splitlines()
     assert instance != before
@@ -165,3 +162,4 @@ def test_replaced_vm_keeps_its_data_volume_and_model_cache(deployed, stack, admi
     assert admin.block_storage.find_volume(f"{PREFIX}-llm1-data", all_projects=True).id == volume.id
     # The new VM was converged and checked (its old host key forgotten, the new one learnt).
     assert "PLAY" in lines.text
+    assert "300M" in ssh(stack, "cat /etc/systemd/journald.conf.d/*.conf").stdout
