@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import base64
 import hashlib
-import io
 import ipaddress
 import json
 import logging
@@ -41,11 +40,12 @@ import os
 import signal
 import socket
 import subprocess
-import tarfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from llmcloud.local.system import tar_of
 
 POLL_SECONDS = 2.0
 RETRY_SECONDS = 30.0
@@ -473,7 +473,7 @@ class Hypervisor:
                 net.name: self.docker.api.create_endpoint_config(ipv4_address=JUMP_HOST_ADDRESS)
             },
         )
-        container.put_archive("/etc/ssh", _tar({"ssh_host_ed25519_key": (key.read_bytes(), 0o600, 0)}))
+        container.put_archive("/etc/ssh", tar_of({"ssh_host_ed25519_key": (key.read_bytes(), 0o600, 0)}))
         container.start()
         self.jump_keys.clear()
         log.info("jump host %s at %s, 127.0.0.1:%s", name, JUMP_HOST_ADDRESS, settings.ports.jumphost)
@@ -493,7 +493,7 @@ class Hypervisor:
                 container.exec_run(["useradd", "--create-home", "--shell", "/bin/bash", user])
             uid = int(container.exec_run(["id", "-u", user]).output.decode().strip())
             files = {".ssh": (None, 0o700, uid), ".ssh/authorized_keys": (keys.encode(), 0o600, uid)}
-            container.put_archive(f"/home/{user}", _tar(files))
+            container.put_archive(f"/home/{user}", tar_of(files))
             self.jump_keys[user] = keys
             log.info("jump host: account %s with %d key(s)", user, keys.count("\n"))
 
@@ -545,28 +545,12 @@ def _seed(server: dict[str, Any], hostname: str) -> bytes:
     """A NoCloud seed with what Nova's metadata service would hand the instance."""
     user_data = server.get("OS-EXT-SRV-ATTR:user_data")
     meta = f"instance-id: {server['id']}\nlocal-hostname: {hostname}\n"
-    return _tar(
+    return tar_of(
         {
             "meta-data": (meta.encode(), 0o600, 0),
             "user-data": (base64.b64decode(user_data) if user_data else b"", 0o600, 0),
         }
     )
-
-
-def _tar(files: dict[str, tuple[bytes | None, int, int]]) -> bytes:
-    """A tar of {path: (content or None for a directory, mode, owner uid/gid)}."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for path, (data, mode, uid) in files.items():
-            info = tarfile.TarInfo(path)
-            info.mode, info.uid, info.gid, info.mtime = mode, uid, uid, int(time.time())
-            if data is None:
-                info.type = tarfile.DIRTYPE
-                tar.addfile(info)
-            else:
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 def teardown(workdir: Path) -> int:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import io
 import ipaddress
 import json
 import secrets
 import shutil
 import socket
-import tarfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -538,22 +536,12 @@ def _require_free_port(port: int, what: str) -> None:
 
 def _first_boot_files(deploy_pub: str, host_key_path: Path) -> bytes:
     """A tar with this host's own SSH host key and the deploy user's authorized key."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-
-        def add(path: str, data: bytes | None, mode: int, uid: int = 0) -> None:
-            info = tarfile.TarInfo(path)
-            info.mode, info.uid, info.gid, info.mtime = mode, uid, uid, int(time.time())
-            if data is None:
-                info.type = tarfile.DIRTYPE
-                tar.addfile(info)
-            else:
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-
-        add("etc/ssh/ssh_host_ed25519_key", host_key_path.read_bytes(), 0o600)
-        pub = host_key_path.with_name(host_key_path.name + ".pub").read_bytes()
-        add("etc/ssh/ssh_host_ed25519_key.pub", pub, 0o644)
-        add("home/deploy/.ssh", None, 0o700, image.DEPLOY_UID)
-        add("home/deploy/.ssh/authorized_keys", (deploy_pub + "\n").encode(), 0o600, image.DEPLOY_UID)
-    return buf.getvalue()
+    pub = host_key_path.with_name(host_key_path.name + ".pub").read_bytes()
+    return system.tar_of(
+        {
+            "etc/ssh/ssh_host_ed25519_key": (host_key_path.read_bytes(), 0o600, 0),
+            "etc/ssh/ssh_host_ed25519_key.pub": (pub, 0o644, 0),
+            "home/deploy/.ssh": (None, 0o700, image.DEPLOY_UID),
+            "home/deploy/.ssh/authorized_keys": ((deploy_pub + "\n").encode(), 0o600, image.DEPLOY_UID),
+        }
+    )

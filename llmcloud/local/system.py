@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import socket
 import subprocess
+import tarfile
 import time
 from pathlib import Path
 
@@ -117,3 +119,19 @@ def _start_dockerd() -> None:
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
+
+
+def tar_of(files: dict[str, tuple[bytes | None, int, int]]) -> bytes:
+    """A tar of {path: (content, or None for a directory; mode; owner uid = gid)}, for `put_archive`."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for path, (data, mode, uid) in files.items():
+            info = tarfile.TarInfo(path)
+            info.mode, info.uid, info.gid, info.mtime = mode, uid, uid, int(time.time())
+            if data is None:
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()

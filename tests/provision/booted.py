@@ -149,3 +149,14 @@ def stack_settings(ssh_private_key: Path, ssh_public_key: str, **extra) -> dict:
         "llmcloud:allowDataLoss": "true",
         **extra,
     }
+
+
+def deploy(stack, idp_url: str):
+    """The peers' settings, then `pulumi up` from nothing: (result, output lines, API key, seconds)."""
+    from tests.provision.conftest import Lines
+
+    key = write_peer_settings(stack.inventory_dir, images(), idp_url)
+    lines = Lines()
+    began = time.monotonic()
+    result = stack.up(on_output=lines)
+    return result, lines, key, time.monotonic() - began

@@ -10,12 +10,10 @@ no NFS client for the Manila share).
 from __future__ import annotations
 
 import subprocess
-import time
 
 import pytest
 
-from tests.provision.booted import MODEL, identity_provider, images, stack_settings, write_peer_settings
-from tests.provision.conftest import Lines
+from tests.provision.booted import MODEL, deploy, identity_provider, stack_settings
 
 JUMP_HOST = "172.16.102.5"
 
@@ -53,11 +51,7 @@ def stack(make_stack, cloud, ssh_private_key, ssh_public_key):
 
 @pytest.fixture(scope="module")
 def deployed(stack, idp):
-    key = write_peer_settings(stack.inventory_dir, images(), idp)
-    lines = Lines()
-    began = time.monotonic()
-    result = stack.up(on_output=lines)
-    return result, lines, key, time.monotonic() - began
+    return deploy(stack, idp)
 
 
 def test_up_converges_and_verifies_three_vms_through_the_jump_host(deployed, record_property):

@@ -16,10 +16,9 @@ import pytest
 from tests.provision.booted import (
     MODEL,
     PUBLIC_GATEWAY,
+    deploy,
     identity_provider,
-    images,
     stack_settings,
-    write_peer_settings,
 )
 from tests.provision.conftest import Lines
 
@@ -61,11 +60,7 @@ def stack(make_stack, ssh_private_key, ssh_public_key):
 
 @pytest.fixture(scope="module")
 def deployed(stack, idp):
-    key = write_peer_settings(stack.inventory_dir, images(), idp)
-    lines = Lines()
-    began = time.monotonic()
-    result = stack.up(on_output=lines)
-    return result, lines, key, time.monotonic() - began
+    return deploy(stack, idp)
 
 
 def ssh(stack, command: str) -> subprocess.CompletedProcess:
