@@ -170,6 +170,7 @@ class LocalStack:
                 name: ensure_ed25519(ssh_dir / "hostkeys" / f"{name}_ed25519", f"root@{name}")
                 for name, _ in self.hosts()
             }
+        self._refuse_orphaned_backups(client)
         with progress.step(f"private network {self.network_name}"):
             network = self._network(client)
         containers = {}
@@ -196,6 +197,22 @@ class LocalStack:
             inventory.write(inv, self.inventory_dir, self._secrets())
             (self.inventory_dir / STATE_FILE).write_text(json.dumps(self._state(), indent=2) + "\n")
         return inv
+
+    def _refuse_orphaned_backups(self, client) -> None:
+        """A backup volume of this stack name without the inventory that holds its password: never adopt it.
+
+        A new inventory makes a new restic password, which cannot open the backups already in the volume; the
+        converge would stop at the backup role much later. Stop here, before anything is created.
+        """
+        if self.secrets().get("restic_password"):
+            return
+        if any(v.name == self.backup_volume for v in client.volumes.list(filters={"name": self.backup_volume})):
+            raise UserError(
+                f"the backup volume {self.backup_volume} of an earlier stack {self.name!r} is still there, and the "
+                f"inventory with its restic password is not ({self._display(self.inventory_dir)})",
+                f"restore that inventory and re-run, or remove the old backups with `llmcloud local down --stack "
+                f"{self.name}` (or `docker volume rm {self.backup_volume}`) first",
+            )
 
     def secrets(self) -> dict:
         """The stack's secrets as written to the inventory (empty before the first `up`)."""

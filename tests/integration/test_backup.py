@@ -45,6 +45,7 @@ def stack(tmp_path_factory):
         idp_port=42390,
     )
     progress = Progress("citest backup")
+    stack.down(progress)  # what a killed earlier run may have left under this stack's name
     try:
         stack.up(progress)
         # State a user cares about: a LoRA adapter (random bytes, so nothing dedups it away).

@@ -60,6 +60,8 @@ def deployed(request, tmp_path_factory):
     client = system.docker_client()
     # Something make local did not create, with a look-alike name: `down` must leave it alone.
     sentinel = client.volumes.create(f"llmcloud-{stack.name}-keep-me")
+    # What a killed earlier run may have left under this stack's name (its hosts, its backups) goes first.
+    stack.down(progress)
     try:
         stack.up(progress)
         first = converge.converge(stack.inventory_dir, progress)

@@ -103,3 +103,32 @@ def test_image_tag_follows_the_recipe(monkeypatch):
     assert image.recipe_hash() == before
     monkeypatch.setattr(image, "PACKAGES", (*image.PACKAGES, "vim"))
     assert image.recipe_hash() != before
+
+
+class _Volumes:
+    """Docker's volume listing as the Docker SDK answers it (a substring match on the name)."""
+
+    def __init__(self, names):
+        self.names = names
+
+    def list(self, filters):
+        return [type("Volume", (), {"name": n}) for n in self.names if filters["name"] in n]
+
+
+def test_backups_of_a_lost_inventory_are_never_adopted(tmp_path):
+    plan = LocalStack(name="demo", inventory_root=tmp_path)
+    client = type("Client", (), {"volumes": _Volumes(["llmcloud-demo-backup"])})
+    with pytest.raises(UserError) as err:
+        plan._refuse_orphaned_backups(client)
+    assert "llmcloud-demo-backup" in err.value.cause
+    assert "llmcloud local down --stack demo" in err.value.fix
+
+
+def test_backups_open_with_the_inventorys_password_or_there_are_none(tmp_path):
+    plan = LocalStack(name="demo", inventory_root=tmp_path)
+    # A look-alike name is someone else's volume, not this stack's backups.
+    plan._refuse_orphaned_backups(type("Client", (), {"volumes": _Volumes(["llmcloud-demo-backup-old"])}))
+    secrets_file = plan.inventory_dir / "group_vars" / "all" / "01-secrets.yml"
+    secrets_file.parent.mkdir(parents=True)
+    secrets_file.write_text("restic_password: kept\n")
+    plan._refuse_orphaned_backups(type("Client", (), {"volumes": _Volumes(["llmcloud-demo-backup"])}))
