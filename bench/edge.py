@@ -1,13 +1,18 @@
-"""What the edge costs: one client against the engine directly and through the full edge, side by side.
+"""What the edge costs per request: the engine directly and each way through the edge, side by side.
 
     .venv/bin/python bench/edge.py [--stack NAME] [--levels 1,16,64,256]
 
-Direct: an SSH forward to the engine (the test double) on its host. Edge: https://localhost:<port>/ with TLS
-(verified against the stack's CA), nginx, the authorizer (API key) and the proxy to the same engine. Each
-request is a streamed chat completion of 16 tokens; latency runs to the last byte, TTFT to the first token.
-For each concurrency level both paths get the same number of requests (4 x level, at least 32, at most 512),
-bounded by 120 s per level and path. The edge's per-client rate limit is raised for the run (it would answer
-429 to a single benchmarking client) and restored afterwards.
+Paths, all from this machine with keep-alive connections and the same requests (a chat completion of
+max_tokens 1, not streamed, so the edge's own cost is not hidden behind token generation):
+  direct          an SSH forward to the engine (the test double) on its host
+  edge no auth    https://localhost:<port>/ with TLS, nginx and the proxy, login switched off
+  edge key        the same with an API key, checked inside nginx (njs)
+  edge session    a signed-in person's session cookie (oauth2-proxy asked per request)
+  edge JWT        a bearer ID token from the identity provider (oauth2-proxy asked per request)
+  edge key (svc)  an API key checked by the llmcloud-authz service (nginx_authorizer: service; the way
+                  before njs, and still the way on Ubuntu 22.04)
+For each concurrency level every path gets the same number of requests (4 x level, at least 32, at most 512),
+bounded by 120 s per level and path. Rate limits are raised for the run and restored afterwards.
 
 Without --stack it brings up its own stack ("bench-edge", single topology, own ports) and removes it after.
 """
@@ -19,7 +24,6 @@ import asyncio
 import json
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,10 +34,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from llmcloud import converge  # noqa: E402
-from llmcloud.local.stack import LocalStack, load  # noqa: E402
+from llmcloud.local.login import browser_login, id_token  # noqa: E402
+from llmcloud.local.stack import CLIENT_ID, LocalStack, load  # noqa: E402
 from llmcloud.progress import Progress  # noqa: E402
 
-BODY = {"model": "x", "stream": True, "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
+BODY = {"model": "x", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}
 
 
 def pct(values: list[float], q: float) -> float:
@@ -43,17 +48,13 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def one(client, url: str, headers: dict) -> tuple[float, float] | str:
+async def one(client, url: str, headers: dict) -> float | str:
     began = time.perf_counter()
-    first = None
     try:
-        async with client.stream("POST", url, json=BODY, headers=headers) as response:
-            if response.status_code != 200:
-                return f"HTTP {response.status_code}"
-            async for line in response.aiter_lines():
-                if first is None and line.startswith("data:{"):
-                    first = time.perf_counter() - began
-        return time.perf_counter() - began, first if first is not None else float("nan")
+        response = await client.post(url, json=BODY, headers=headers)
+        if response.status_code != 200:
+            return f"HTTP {response.status_code}"
+        return time.perf_counter() - began
     except Exception as err:  # a benchmark counts every kind of failure
         return type(err).__name__
 
@@ -71,17 +72,12 @@ async def level(url: str, headers: dict, verify, concurrency: int, count: int) -
         began = time.perf_counter()
         results = await asyncio.wait_for(asyncio.gather(*(gated() for _ in range(count))), timeout=120)
         wall = time.perf_counter() - began
-    ok = [r for r in results if isinstance(r, tuple)]
+    ok = [r for r in results if isinstance(r, float)]
     errors: dict[str, int] = {}
     for r in results:
         if isinstance(r, str):
             errors[r] = errors.get(r, 0) + 1
-    return {
-        "latency": [r[0] for r in ok],
-        "ttft": [r[1] for r in ok],
-        "errors": errors,
-        "rps": len(ok) / wall,
-    }
+    return {"latency": ok, "errors": errors, "rps": len(ok) / wall}
 
 
 def tunnel(stack: LocalStack) -> tuple[subprocess.Popen, str]:
@@ -111,28 +107,54 @@ def tunnel(stack: LocalStack) -> tuple[subprocess.Popen, str]:
     return proc, f"http://127.0.0.1:{port}/v1/chat/completions"
 
 
-def rate_limit(stack: LocalStack, rps: int | None) -> None:
-    overrides = {"nginx_rate_limit_rps": rps, "nginx_rate_limit_burst": 100000} if rps else {}
+def edge_settings(stack: LocalStack, **overrides) -> None:
+    """The nginx role on the edge with these settings (none: the inventory's own)."""
     with tempfile.NamedTemporaryFile("w", suffix=".json") as extra:
         json.dump(overrides, extra)
         extra.flush()
         subprocess.run(
             [
-                "ansible",
-                "edge",
-                "-i",
-                str(stack.inventory_dir),
-                "-m",
-                "ansible.builtin.include_role",
-                "-a",
-                "name=nginx",
-                "-e",
-                f"@{extra.name}",
+                *("ansible", "edge", "-i", str(stack.inventory_dir)),
+                *("-m", "ansible.builtin.include_role", "-a", "name=nginx", "-e", f"@{extra.name}"),
             ],
             cwd=ROOT,
             check=True,
             capture_output=True,
         )
+
+
+UNLIMITED = {
+    "nginx_rate_limit_rps": 100000,
+    "nginx_rate_limit_burst": 100000,
+    "nginx_rate_limit_anonymous_rps": 100000,
+    "nginx_rate_limit_anonymous_burst": 100000,
+}
+
+
+def run_levels(levels: list[int], url: str, headers: dict, verify) -> dict[int, dict]:
+    return {c: asyncio.run(level(url, headers, verify, c, min(512, max(32, 4 * c)))) for c in levels}
+
+
+def report(levels: list[int], paths: dict[str, dict[int, dict]]) -> None:
+    ms = lambda v: v * 1000  # noqa: E731
+    direct = paths["direct"]
+    print(
+        f"\n{'path':<15} {'conc':>4} | {'p50 ms':>7} {'p99 ms':>7} | {'added p50':>9} {'added p99':>9} |"
+        f" {'req/s':>7} {'x direct':>8} | errors"
+    )
+    for name, results in paths.items():
+        for c in levels:
+            r, d = results[c], direct[c]
+            print(
+                f"{name:<15} {c:>4} | {ms(pct(r['latency'], 0.5)):7.2f} {ms(pct(r['latency'], 0.99)):7.2f} |"
+                f" {ms(pct(r['latency'], 0.5) - pct(d['latency'], 0.5)):9.2f}"
+                f" {ms(pct(r['latency'], 0.99) - pct(d['latency'], 0.99)):9.2f} |"
+                f" {r['rps']:7.1f} {r['rps'] / d['rps']:8.2f} |"
+                f" {sum(r['errors'].values())} {r['errors'] or ''}"
+            )
+    noauth, key = paths["edge no auth"], paths["edge key"]
+    print("\nAPI key through the edge as a share of the edge without auth (throughput):")
+    print("  " + ", ".join(f"c={c}: {key[c]['rps'] / noauth[c]['rps']:.2f}" for c in levels))
 
 
 def main() -> int:
@@ -156,38 +178,31 @@ def main() -> int:
                 print(result.failures)
                 return 1
         status = stack.status()
-        edge_url = status["openai_base_url"] + "/chat/completions"
-        edge_headers = {"Authorization": f"Bearer {status['api_key']}"}
-        rate_limit(stack, 100000)
+        levels = [int(x) for x in args.levels.split(",")]
+        url, ca = status["openai_base_url"] + "/chat/completions", status["ca_bundle"]
+        bearer = lambda token: {"Authorization": f"Bearer {token}"}  # noqa: E731
+        signed_in, _ = browser_login(status, "alice")
+        cookie = "; ".join(f"{c.name}={c.value}" for c in signed_in.cookies if c.name.startswith("_llmcloud"))
+        token = id_token(status, CLIENT_ID)
+        paths: dict[str, dict[int, dict]] = {}
+        edge_settings(stack, **UNLIMITED)
         proc, direct_url = tunnel(stack)
         try:
-            print(
-                f"\n{'conc':>5} {'n':>4} | {'direct p50/p99 ms':>18} {'edge p50/p99 ms':>16} "
-                f"{'added p50/p99':>14} |"
-                f" {'TTFT added p50/p99':>19} | errors direct/edge"
-            )
-            for c in (int(x) for x in args.levels.split(",")):
-                n = min(512, max(32, 4 * c))
-                d = asyncio.run(level(direct_url, {}, False, c, n))
-                e = asyncio.run(level(edge_url, edge_headers, status["ca_bundle"], c, n))
-                ms = lambda v: v * 1000  # noqa: E731
-                print(
-                    f"{c:>5} {n:>4} | {ms(pct(d['latency'], 0.5)):8.1f}/{ms(pct(d['latency'], 0.99)):<8.1f}"
-                    f" {ms(pct(e['latency'], 0.5)):7.1f}/{ms(pct(e['latency'], 0.99)):<8.1f}"
-                    f" {ms(pct(e['latency'], 0.5) - pct(d['latency'], 0.5)):6.1f}/"
-                    f"{ms(pct(e['latency'], 0.99) - pct(d['latency'], 0.99)):<7.1f} |"
-                    f" {ms(pct(e['ttft'], 0.5) - pct(d['ttft'], 0.5)):9.1f}/"
-                    f"{ms(pct(e['ttft'], 0.99) - pct(d['ttft'], 0.99)):<9.1f} |"
-                    f" {sum(d['errors'].values())}/{sum(e['errors'].values())}"
-                    f" {d['errors'] or ''}{e['errors'] or ''}"
-                )
-            print(
-                f"  (engine double: 5 ms per token; direct median TTFT "
-                f"{statistics.median(d['ttft']) * 1000:.1f} ms at the last level)"
-            )
+            progress.log("direct, and through the edge with an API key, a session, a JWT (njs)")
+            paths["direct"] = run_levels(levels, direct_url, {}, False)
+            paths["edge key"] = run_levels(levels, url, bearer(status["api_key"]), ca)
+            paths["edge session"] = run_levels(levels, url, {"Cookie": cookie}, ca)
+            paths["edge JWT"] = run_levels(levels, url, bearer(token), ca)
+            progress.log("an API key through the llmcloud-authz service")
+            edge_settings(stack, nginx_authorizer="service", **UNLIMITED)
+            paths["edge key (svc)"] = run_levels(levels, url, bearer(status["api_key"]), ca)
+            progress.log("the edge without auth")
+            edge_settings(stack, nginx_auth_enabled=False, **UNLIMITED)
+            paths["edge no auth"] = run_levels(levels, url, {}, ca)
         finally:
             proc.terminate()
-            rate_limit(stack, None)
+            edge_settings(stack)
+        report(levels, paths)
     finally:
         if own:
             stack.down(progress)

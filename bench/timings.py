@@ -3,7 +3,7 @@
     .venv/bin/python bench/timings.py [--cold] [--with-test]
 
 --cold removes the cached base image first, so the first `make local` includes debootstrap.
---with-test also times `make test` (about 6 minutes). Uses its own stack ("bench") and ports, so a
+--with-test also times `make test` (over an hour now). Uses its own stack ("bench") and ports, so a
 running `make local` stack is left alone. Figures are single runs on this machine: read them as
 orders of magnitude, not as a benchmark to gate on.
 """
@@ -11,6 +11,8 @@ orders of magnitude, not as a benchmark to gate on.
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import subprocess
 import sys
 import time
@@ -32,6 +34,29 @@ def timed(label: str, *make_args: str) -> tuple[str, float]:
     return label, took
 
 
+def role_profile(strategy: str) -> tuple[float, dict[str, float]]:
+    """A no-op `ansible-playbook site.yml` on the bench stack: wall time and seconds per role."""
+    env = {**os.environ, "ANSIBLE_STRATEGY": strategy}
+    env["ANSIBLE_CALLBACKS_ENABLED"] = "ansible.posix.profile_roles"
+    began = time.monotonic()
+    run = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "ansible-playbook"), "-i", "inventory/bench", "site.yml"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    took = time.monotonic() - began
+    if run.returncode != 0 or "changed=0" not in run.stdout:
+        sys.exit(f"no-op converge ({strategy}) failed or changed something:\n{run.stdout[-3000:]}")
+    roles = {
+        m.group(1): float(m.group(2))
+        for m in re.finditer(r"^(\S+) -+ (\d+\.\d+)s$", run.stdout, re.MULTILINE)
+        if m.group(1) != "total"
+    }
+    return took, roles
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cold", action="store_true", help="remove the cached base image first")
@@ -51,6 +76,8 @@ def main() -> None:
         timed("make converge (no-op)", "converge", *STACK),
         timed("make verify", "verify", *STACK),
     ]
+    # Where a no-op converge spends its time, over Mitogen (ansible.cfg) and over plain SSH.
+    profiles = {strategy: role_profile(strategy) for strategy in ("mitogen_linear", "linear")}
     subprocess.run(["make", "--no-print-directory", "down", *STACK], cwd=ROOT, capture_output=True)
     rows.append(timed("make local (image cached, fresh hosts)", "local", *STACK))
     subprocess.run(["make", "--no-print-directory", "down", *STACK], cwd=ROOT, capture_output=True)
@@ -59,6 +86,11 @@ def main() -> None:
     print(f"\n{'step':<48} {'wall time':>10}")
     for label, took in rows:
         print(f"{label:<48} {took:>9.1f}s")
+    fast, slow = profiles["mitogen_linear"], profiles["linear"]
+    print(f"\nno-op ansible-playbook site.yml, seconds per role {'Mitogen':>9} {'plain SSH':>10}")
+    for role in sorted(set(fast[1]) | set(slow[1]), key=lambda r: -slow[1].get(r, 0)):
+        print(f"  {role:<44} {fast[1].get(role, 0):>9.1f} {slow[1].get(role, 0):>10.1f}")
+    print(f"  {'wall time':<44} {fast[0]:>9.1f} {slow[0]:>10.1f}")
 
 
 if __name__ == "__main__":

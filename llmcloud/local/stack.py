@@ -206,12 +206,13 @@ class LocalStack:
         """
         if self.secrets().get("restic_password"):
             return
-        if any(v.name == self.backup_volume for v in client.volumes.list(filters={"name": self.backup_volume})):
+        volume = self.backup_volume
+        if any(v.name == volume for v in client.volumes.list(filters={"name": volume})):
             raise UserError(
-                f"the backup volume {self.backup_volume} of an earlier stack {self.name!r} is still there, and the "
+                f"the backup volume {volume} of an earlier stack {self.name!r} is still there, and the "
                 f"inventory with its restic password is not ({self._display(self.inventory_dir)})",
-                f"restore that inventory and re-run, or remove the old backups with `llmcloud local down --stack "
-                f"{self.name}` (or `docker volume rm {self.backup_volume}`) first",
+                "restore that inventory and re-run, or remove the old backups with "
+                f"`llmcloud local down --stack {self.name}` (or `docker volume rm {volume}`) first",
             )
 
     def secrets(self) -> dict:

@@ -23,6 +23,8 @@ from helpers import endpoint
 
 from llmcloud import REPO_ROOT, converge, verify
 from llmcloud.local import system
+from llmcloud.local.login import browser_login, session
+from llmcloud.local.login import id_token as idp_token
 from llmcloud.local.stack import CLIENT_ID, LABEL, PEER_LABEL, LocalStack
 from llmcloud.progress import Progress
 
@@ -256,24 +258,6 @@ def test_up_again_reuses_the_hosts(deployed):
 
 
 # ---- the edge: TLS, login, API keys --------------------------------------------------------------
-def session(ca_bundle: str):
-    import requests
-
-    s = requests.Session()
-    s.verify = ca_bundle  # full verification against the internal CA that signed the edge certificate
-    s.trust_env = False  # REQUESTS_CA_BUNDLE in the environment would otherwise replace it
-    return s
-
-
-def browser_login(status: dict, user: str):
-    """A real HTTP session through the redirects: edge → oauth2-proxy → identity provider → callback."""
-    s = session(status["ca_bundle"])
-    form = s.get(status["url"], timeout=20)
-    assert form.status_code == 200 and form.url.startswith(status["login"]["provider"] + "/oauth2/authorize")
-    signed_in = s.post(form.url, data={"sub": user}, timeout=20)
-    return s, signed_in
-
-
 def test_browser_login_reaches_the_engine_and_streams(deployed):
     stack, _ = deployed
     status = endpoint(stack)
@@ -323,36 +307,6 @@ def test_openai_client_with_an_api_key_streams_through_verified_tls(deployed):
         "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         == chat.choices[0].message.content
     )
-
-
-def idp_token(status: dict, client_id: str, user: str = "alice") -> str:
-    """An ID token (RS256) from the identity provider's own authorization-code flow."""
-    from urllib.parse import parse_qs, urlparse
-
-    s = session(status["ca_bundle"])
-    idp, callback = status["login"]["provider"], "https://client.invalid/callback"
-    params = {
-        "client_id": client_id,
-        "redirect_uri": callback,
-        "response_type": "code",
-        "scope": "openid email",
-    }
-    coded = s.post(
-        f"{idp}/oauth2/authorize",
-        params={**params, "state": "s", "nonce": "n"},
-        data={"sub": user},
-        allow_redirects=False,
-        timeout=20,
-    )
-    code = parse_qs(urlparse(coded.headers["Location"]).query)["code"][0]
-    token = s.post(
-        f"{idp}/oauth2/token",
-        data={"grant_type": "authorization_code", "code": code, "redirect_uri": callback},
-        auth=(client_id, "any"),
-        timeout=20,
-    )
-    assert token.status_code == 200, token.text
-    return token.json()["id_token"]
 
 
 def test_bearer_jwts_right_audience_only_signed_only_unexpired_only(deployed):
@@ -425,6 +379,44 @@ def test_api_keys_are_added_and_revoked_by_rerunning_the_role(deployed):
     finally:
         apply_edge_role(stack, "oauth2_proxy")
     assert s.get(models, headers={"Authorization": f"Bearer {old}"}, timeout=20).status_code == 200
+
+
+def test_rate_limits_count_each_api_key_on_its_own_and_say_when_to_retry(deployed):
+    """Two keys from one address have a budget each; a 429 says when to retry. Keys carry their own limit."""
+    stack, _ = deployed
+    if stack.topology != "single":
+        pytest.skip("one topology is enough: the limits live in the edge's nginx")
+    status = endpoint(stack)
+    s = session(status["ca_bundle"])
+    models = status["openai_base_url"] + "/models"
+    slow = {name: "llmc_" + uuid.uuid4().hex + uuid.uuid4().hex for name in ("slow-a", "slow-b")}
+    keys = [{"name": "demo", "key": status["api_key"]}] + [
+        {"name": name, "key": key, "rate_limit_rps": 1, "rate_limit_burst": 2} for name, key in slow.items()
+    ]
+
+    def call(key: str):
+        return s.get(models, headers={"Authorization": f"Bearer {key}"}, timeout=20)
+
+    apply_edge_role(stack, "oauth2_proxy", oauth2_proxy_api_keys=keys)
+    apply_edge_role(stack, "nginx")
+    try:
+        first = [call(slow["slow-a"]) for _ in range(8)]
+        codes = [r.status_code for r in first]
+        assert codes[:3] == [200, 200, 200], codes  # 1 request per second and a burst of 2
+        limited = [r for r in first if r.status_code == 429]
+        assert limited, codes
+        assert limited[0].headers["Retry-After"] == "1"
+        assert limited[0].json()["error"] == "rate_limited"
+        # The same address, another key: its own budget, untouched by the first key's.
+        assert call(slow["slow-b"]).status_code == 200
+        # The default (20/s, burst 200) for a key without a limit of its own; no credential: per address.
+        assert [call(status["api_key"]).status_code for _ in range(10)] == [200] * 10
+        assert s.get(models, timeout=20).status_code == 401
+    finally:
+        apply_edge_role(stack, "oauth2_proxy")
+        apply_edge_role(stack, "nginx")
+    assert call(status["api_key"]).status_code == 200
+    assert call(slow["slow-a"]).status_code == 401  # revoked with the reload that the key change made
 
 
 def test_engine_internals_unreachable_through_the_edge_even_with_a_key(deployed):

@@ -151,3 +151,30 @@ def test_engine_pool_uses_loopback_on_its_own_host_and_private_addresses_elsewhe
     assert upstreams.llmcloud_upstream(("10.0.0.7", "llm2"), "edge1") == "10.0.0.7"
     with pytest.raises(ValueError, match="llm3 has no private_ip"):
         upstreams.llmcloud_upstream(("", "llm3"), "edge1")
+
+
+rate_limits = load("nginx", "rate_limits")
+
+
+def test_a_key_keeps_its_own_limit_and_keys_of_one_limit_share_a_zone():
+    entry = api_keys.llmcloud_api_key_entry(
+        {"name": "lab", "key": "llmc_" + "x" * 40, "rate_limit_rps": 2, "rate_limit_burst": 0}
+    )
+    assert entry["rate_limit_rps"] == 2 and entry["rate_limit_burst"] == 0
+    keys = [
+        {"name": "default", "sha256": "0" * 64},
+        entry,
+        {"name": "lab2", "sha256": "1" * 64, "rate_limit_rps": 2, "rate_limit_burst": 0},
+        {"name": "fast", "sha256": "2" * 64, "rate_limit_rps": 100},  # burst: the default's
+    ]
+    plan = rate_limits.llmcloud_rate_classes(keys, 20, 200)
+    assert plan["classes"] == [{"rps": 20, "burst": 200}, {"rps": 2, "burst": 0}, {"rps": 100, "burst": 200}]
+    assert plan["keys"] == {"lab": 1, "lab2": 1, "fast": 2}  # "default" is in class 0
+
+
+@pytest.mark.parametrize("limit", [{"rate_limit_rps": 0}, {"rate_limit_rps": "5"}, {"rate_limit_burst": -1}])
+def test_a_bad_key_limit_names_the_key_and_the_field(limit):
+    with pytest.raises(ValueError) as err:
+        api_keys.llmcloud_api_key_entry({"name": "lab", "key": "llmc_" + "x" * 40, **limit})
+    assert "oauth2_proxy_api_keys[lab]" in str(err.value) and next(iter(limit)) in str(err.value)
+    assert "llmc_" not in str(err.value)
