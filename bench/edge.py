@@ -2,17 +2,20 @@
 
     .venv/bin/python bench/edge.py [--stack NAME] [--levels 1,16,64,256]
 
-Paths, all from this machine with keep-alive connections and the same requests (a chat completion of
-max_tokens 1, not streamed, so the edge's own cost is not hidden behind token generation):
-  direct          an SSH forward to the engine (the test double) on its host
-  edge no auth    https://localhost:<port>/ with TLS, nginx and the proxy, login switched off
+The load comes from inside the edge host (ApacheBench, installed there for the run: a C client with keep-alive
+connections, so neither this machine's Python nor Docker's port forwarding is what gets measured). Every path
+gets the same requests: a chat completion with max_tokens 1, not streamed, so the edge's own cost is not
+hidden behind token generation.
+  direct          the engine (the test double) on 127.0.0.1:8080 of its host
+  edge no auth    https://127.0.0.1/ : TLS, nginx and the proxy, login switched off
   edge key        the same with an API key, checked inside nginx (njs)
   edge session    a signed-in person's session cookie (oauth2-proxy asked per request)
   edge JWT        a bearer ID token from the identity provider (oauth2-proxy asked per request)
-  edge key (svc)  an API key checked by the llmcloud-authz service (nginx_authorizer: service; the way
-                  before njs, and still the way on Ubuntu 22.04)
-For each concurrency level every path gets the same number of requests (4 x level, at least 32, at most 512),
-bounded by 120 s per level and path. Rate limits are raised for the run and restored afterwards.
+  edge key (svc)  an API key checked by the llmcloud-authz service (nginx_authorizer: service: the way before
+                  njs, and still the way on Ubuntu 22.04)
+Requests per level: 40 x concurrency, at least 2000, at most 20000. Rate limits are raised for the run and
+restored afterwards. Each figure is the median of --repeat runs (3) on a 2-core machine that also runs the
+client: read ratios, not absolutes.
 
 Without --stack it brings up its own stack ("bench-edge", single topology, own ports) and removes it after.
 """
@@ -20,91 +23,74 @@ Without --stack it brings up its own stack ("bench-edge", single topology, own p
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
-import socket
+import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from llmcloud import converge  # noqa: E402
+from llmcloud.local import system  # noqa: E402
 from llmcloud.local.login import browser_login, id_token  # noqa: E402
 from llmcloud.local.stack import CLIENT_ID, LocalStack, load  # noqa: E402
 from llmcloud.progress import Progress  # noqa: E402
 
 BODY = {"model": "x", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}
+DIRECT = "http://127.0.0.1:8080/v1/chat/completions"
+EDGE = "https://127.0.0.1/v1/chat/completions"
+UNLIMITED = {
+    "nginx_rate_limit_rps": 1000000,
+    "nginx_rate_limit_burst": 1000000,
+    "nginx_rate_limit_anonymous_rps": 1000000,
+    "nginx_rate_limit_anonymous_burst": 1000000,
+}
 
 
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+class Host:
+    """The edge host's container: the load generator runs there."""
+
+    def __init__(self, stack: LocalStack):
+        self.container = system.docker_client().containers.get(stack.container_name("node1"))
+
+    def sh(self, *argv: str) -> str:
+        code, out = self.container.exec_run(list(argv))
+        text = out.decode(errors="replace")
+        if code != 0:
+            raise RuntimeError(f"{' '.join(argv[:3])}… failed ({code}): {text[-2000:]}")
+        return text
+
+    def prepare(self) -> None:
+        self.sh("sh", "-c", "command -v ab >/dev/null || apt-get install -y -qq apache2-utils >/dev/null")
+        self.sh("sh", "-c", f"printf '%s' '{json.dumps(BODY)}' > /tmp/bench-body.json")
+
+    def ab(self, url: str, headers: dict[str, str], concurrency: int) -> dict:
+        n = min(20000, max(2000, 40 * concurrency))
+        argv = ["ab", "-k", "-l", "-q", "-n", str(n), "-c", str(concurrency), "-s", "60"]
+        argv += ["-p", "/tmp/bench-body.json", "-T", "application/json", "-e", "/tmp/bench.csv"]
+        for name, value in headers.items():
+            argv += ["-H", f"{name}: {value}"]
+        out = self.sh(*argv, url)
+        percent = dict(line.split(",") for line in self.sh("cat", "/tmp/bench.csv").splitlines()[1:] if line)
+        field = lambda label: next(  # noqa: E731
+            line.split(":", 1)[1].split()[0] for line in out.splitlines() if line.startswith(label)
+        )
+        return {
+            "p50": float(percent["50"]),
+            "p99": float(percent["99"]),
+            "rps": float(field("Requests per second")),
+            "errors": int(field("Failed requests")) + int(_non2xx(out)),
+            "n": n,
+        }
 
 
-async def one(client, url: str, headers: dict) -> float | str:
-    began = time.perf_counter()
-    try:
-        response = await client.post(url, json=BODY, headers=headers)
-        if response.status_code != 200:
-            return f"HTTP {response.status_code}"
-        return time.perf_counter() - began
-    except Exception as err:  # a benchmark counts every kind of failure
-        return type(err).__name__
-
-
-async def level(url: str, headers: dict, verify, concurrency: int, count: int) -> dict:
-    from openai import DefaultAsyncHttpxClient  # the HTTP client the openai package ships (httpx2)
-
-    async with DefaultAsyncHttpxClient(verify=verify, trust_env=False, timeout=60) as client:
-        gate = asyncio.Semaphore(concurrency)
-
-        async def gated():
-            async with gate:
-                return await one(client, url, headers)
-
-        began = time.perf_counter()
-        results = await asyncio.wait_for(asyncio.gather(*(gated() for _ in range(count))), timeout=120)
-        wall = time.perf_counter() - began
-    ok = [r for r in results if isinstance(r, float)]
-    errors: dict[str, int] = {}
-    for r in results:
-        if isinstance(r, str):
-            errors[r] = errors.get(r, 0) + 1
-    return {"latency": ok, "errors": errors, "rps": len(ok) / wall}
-
-
-def tunnel(stack: LocalStack) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    proc = subprocess.Popen(
-        [
-            "ssh",
-            "-F",
-            str(stack.inventory_dir / "ssh_config"),
-            "-N",
-            "-o",
-            "ExitOnForwardFailure=yes",
-            "-L",
-            f"127.0.0.1:{port}:127.0.0.1:8080",
-            "node1",
-        ],
-        stdin=subprocess.DEVNULL,
-    )
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    return proc, f"http://127.0.0.1:{port}/v1/chat/completions"
+def _non2xx(out: str) -> int:
+    lines = [line for line in out.splitlines() if line.startswith("Non-2xx responses")]
+    return int(lines[0].split(":", 1)[1]) if lines else 0
 
 
 def edge_settings(stack: LocalStack, **overrides) -> None:
@@ -123,44 +109,35 @@ def edge_settings(stack: LocalStack, **overrides) -> None:
         )
 
 
-UNLIMITED = {
-    "nginx_rate_limit_rps": 100000,
-    "nginx_rate_limit_burst": 100000,
-    "nginx_rate_limit_anonymous_rps": 100000,
-    "nginx_rate_limit_anonymous_burst": 100000,
-}
-
-
-def run_levels(levels: list[int], url: str, headers: dict, verify) -> dict[int, dict]:
-    return {c: asyncio.run(level(url, headers, verify, c, min(512, max(32, 4 * c)))) for c in levels}
-
-
 def report(levels: list[int], paths: dict[str, dict[int, dict]]) -> None:
-    ms = lambda v: v * 1000  # noqa: E731
     direct = paths["direct"]
     print(
-        f"\n{'path':<15} {'conc':>4} | {'p50 ms':>7} {'p99 ms':>7} | {'added p50':>9} {'added p99':>9} |"
-        f" {'req/s':>7} {'x direct':>8} | errors"
+        f"\n{'path':<15} {'conc':>4} {'n':>6} | {'p50 ms':>7} {'p99 ms':>7} |"
+        f" {'added p50':>9} {'added p99':>9} | {'req/s':>8} {'x direct':>8} | errors"
     )
     for name, results in paths.items():
         for c in levels:
             r, d = results[c], direct[c]
             print(
-                f"{name:<15} {c:>4} | {ms(pct(r['latency'], 0.5)):7.2f} {ms(pct(r['latency'], 0.99)):7.2f} |"
-                f" {ms(pct(r['latency'], 0.5) - pct(d['latency'], 0.5)):9.2f}"
-                f" {ms(pct(r['latency'], 0.99) - pct(d['latency'], 0.99)):9.2f} |"
-                f" {r['rps']:7.1f} {r['rps'] / d['rps']:8.2f} |"
-                f" {sum(r['errors'].values())} {r['errors'] or ''}"
+                f"{name:<15} {c:>4} {r['n']:>6.0f} | {r['p50']:7.2f} {r['p99']:7.2f} |"
+                f" {r['p50'] - d['p50']:9.2f} {r['p99'] - d['p99']:9.2f} |"
+                f" {r['rps']:8.0f} {r['rps'] / d['rps']:8.2f} | {r['errors']:.0f}"
             )
-    noauth, key = paths["edge no auth"], paths["edge key"]
-    print("\nAPI key through the edge as a share of the edge without auth (throughput):")
-    print("  " + ", ".join(f"c={c}: {key[c]['rps'] / noauth[c]['rps']:.2f}" for c in levels))
+    noauth = paths["edge no auth"]
+    print("\nThroughput as a share of the edge without auth:")
+    for name in ("edge key", "edge session", "edge JWT", "edge key (svc)"):
+        shares = ", ".join(f"c={c}: {paths[name][c]['rps'] / noauth[c]['rps']:.2f}" for c in levels)
+        print(f"  {name:<15} {shares}")
+    print("p50 added over the edge without auth at concurrency 1:")
+    for name in ("edge key", "edge session", "edge JWT", "edge key (svc)"):
+        print(f"  {name:<15} {paths[name][levels[0]]['p50'] - noauth[levels[0]]['p50']:+.2f} ms")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--stack", help="use this running local stack (single topology)")
     parser.add_argument("--levels", default="1,16,64,256")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per path and level; medians are shown")
     args = parser.parse_args()
     os.environ["PATH"] = f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}"
     progress = Progress("bench edge")
@@ -170,6 +147,8 @@ def main() -> int:
         if own
         else load(args.stack, ROOT / "inventory")
     )
+    if stack.topology != "single":
+        sys.exit("bench/edge.py measures a single-topology stack (the engine and the edge on one host)")
     try:
         if own:
             stack.up(progress)
@@ -179,28 +158,32 @@ def main() -> int:
                 return 1
         status = stack.status()
         levels = [int(x) for x in args.levels.split(",")]
-        url, ca = status["openai_base_url"] + "/chat/completions", status["ca_bundle"]
         bearer = lambda token: {"Authorization": f"Bearer {token}"}  # noqa: E731
         signed_in, _ = browser_login(status, "alice")
         cookie = "; ".join(f"{c.name}={c.value}" for c in signed_in.cookies if c.name.startswith("_llmcloud"))
         token = id_token(status, CLIENT_ID)
+        host = Host(stack)
+        host.prepare()
         paths: dict[str, dict[int, dict]] = {}
+
+        def measure(name: str, url: str, headers: dict) -> None:
+            progress.log(f"{name}: concurrency {args.levels}, {args.repeat} runs each (medians)")
+            paths[name] = {}
+            for c in levels:
+                runs = [host.ab(url, headers, c) for _ in range(args.repeat)]
+                paths[name][c] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+
         edge_settings(stack, **UNLIMITED)
-        proc, direct_url = tunnel(stack)
         try:
-            progress.log("direct, and through the edge with an API key, a session, a JWT (njs)")
-            paths["direct"] = run_levels(levels, direct_url, {}, False)
-            paths["edge key"] = run_levels(levels, url, bearer(status["api_key"]), ca)
-            paths["edge session"] = run_levels(levels, url, {"Cookie": cookie}, ca)
-            paths["edge JWT"] = run_levels(levels, url, bearer(token), ca)
-            progress.log("an API key through the llmcloud-authz service")
+            measure("direct", DIRECT, {})
+            measure("edge key", EDGE, bearer(status["api_key"]))
+            measure("edge session", EDGE, {"Cookie": cookie})
+            measure("edge JWT", EDGE, bearer(token))
             edge_settings(stack, nginx_authorizer="service", **UNLIMITED)
-            paths["edge key (svc)"] = run_levels(levels, url, bearer(status["api_key"]), ca)
-            progress.log("the edge without auth")
+            measure("edge key (svc)", EDGE, bearer(status["api_key"]))
             edge_settings(stack, nginx_auth_enabled=False, **UNLIMITED)
-            paths["edge no auth"] = run_levels(levels, url, {}, ca)
+            measure("edge no auth", EDGE, {})
         finally:
-            proc.terminate()
             edge_settings(stack)
         report(levels, paths)
     finally:
