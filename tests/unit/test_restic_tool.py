@@ -80,3 +80,29 @@ def test_status_and_metrics_written_for_monitoring(tmp_path):
     assert 'llmcloud_backup_last_bytes_added{host="node1"} 42' in metrics
     assert 'snapshot="abcd1234"' in metrics
     assert (tmp_path / "status.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_backup_that_hangs_is_stopped_and_reported(tmp_path):
+    """restic can hang (seen here on a full repository disk): the run ends at the timeout, as a failure."""
+    hanging = tmp_path / "restic"
+    hanging.write_text("#!/bin/sh\necho 'Save(<data/1>) returned error: disk trouble' >&2\nexec sleep 30\n")
+    hanging.chmod(0o755)
+    (tmp_path / "data").mkdir()
+    config = {
+        "repository": str(tmp_path / "repo"),
+        "restic": str(hanging),
+        "cache_dir": str(tmp_path),
+        "hooks_dir": str(tmp_path / "none"),
+        "paths": [str(tmp_path / "data")],
+        "excludes": [],
+        "host": "node1",
+        "tag": "llmcloud",
+        "backup_timeout_seconds": 1,
+    }
+    args = type("Args", (), {"tag": "llmcloud"})
+    with pytest.raises(tool.Failure) as err:
+        tool.cmd_backup(config, {}, args)
+    message = str(err.value)
+    assert "did not finish within 1 s (restic_backup_timeout_minutes)" in message
+    assert "disk trouble" in message  # what restic said before it hung
+    assert "no space left" not in message  # this file system has room: no false diagnosis
