@@ -85,7 +85,13 @@ def test_status_and_metrics_written_for_monitoring(tmp_path):
 def test_a_backup_that_hangs_is_stopped_and_reported(tmp_path):
     """restic can hang (seen here on a full repository disk): the run ends at the timeout, as a failure."""
     hanging = tmp_path / "restic"
-    hanging.write_text("#!/bin/sh\necho 'Save(<data/1>) returned error: disk trouble' >&2\nexec sleep 30\n")
+    hanging.write_text(
+        "#!/bin/sh\n"
+        'echo "$1" >> "$(dirname "$0")/calls"\n'
+        '[ "$1" = backup ] || exit 0\n'
+        "echo 'Save(<data/1>) returned error: disk trouble' >&2\n"
+        "exec sleep 30\n"
+    )
     hanging.chmod(0o755)
     (tmp_path / "data").mkdir()
     config = {
@@ -106,3 +112,4 @@ def test_a_backup_that_hangs_is_stopped_and_reported(tmp_path):
     assert "did not finish within 1 s (restic_backup_timeout_minutes)" in message
     assert "disk trouble" in message  # what restic said before it hung
     assert "no space left" not in message  # this file system has room: no false diagnosis
+    assert (tmp_path / "calls").read_text().split() == ["backup", "unlock"]  # the stale lock is removed
