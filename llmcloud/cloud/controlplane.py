@@ -286,6 +286,11 @@ class _Starter:
                 "4",
                 "--timeout",
                 "300",
+                # One request per connection. The OpenStack provider keeps idle connections without limit and
+                # does not retry a POST, so a server that closes idle ones (gunicorn: after 2 s) races the
+                # provider's next request on them: "connection reset by peer" fails `pulumi up` now and then.
+                "--keep-alive",
+                "0",
                 "--name",
                 name,
                 "--access-logfile",
