@@ -28,4 +28,7 @@ def command(inventory_dir: Path, extra: list[str] | None = None) -> list[str]:
 
 def verify(inventory_dir: Path, extra: list[str] | None = None) -> int:
     venv_on_path()
+    # testinfra shares Ansible's SSH master connections (ansible.cfg: control_path) only where their directory
+    # exists, and over Mitogen Ansible never makes it: without it every check opens a new SSH connection.
+    (Path.home() / ".ansible" / "cp").mkdir(mode=0o700, parents=True, exist_ok=True)
     return subprocess.run(command(inventory_dir, extra), cwd=REPO_ROOT).returncode
