@@ -113,3 +113,27 @@ def test_a_backup_that_hangs_is_stopped_and_reported(tmp_path):
     assert "disk trouble" in message  # what restic said before it hung
     assert "no space left" not in message  # this file system has room: no false diagnosis
     assert (tmp_path / "calls").read_text().split() == ["backup", "unlock"]  # the stale lock is removed
+
+
+def test_settings_in_use_and_proven_by_a_backup_are_not_tried_again(tmp_path, monkeypatch):
+    staged, in_use = tmp_path / "staged", tmp_path / "in-use"
+    for directory in (staged, in_use):
+        directory.mkdir()
+        (directory / "config.json").write_text('{"repository": "/srv/backup/node1"}')
+        (directory / "secrets.json").write_text('{"RESTIC_PASSWORD": "p"}')
+    monkeypatch.setattr(tool, "CONFIG", staged / "config.json")
+    monkeypatch.setattr(tool, "SECRETS", staged / "secrets.json")
+    config = {
+        "status_dir": str(tmp_path),
+        "host": "node1",
+        "repository": "/srv/backup/node1",
+        "metrics_dir": "",
+    }
+    assert not tool.proven(config, in_use)  # no backup yet
+    tool.update_status(config, last_success_timestamp=1700000000)
+    assert tool.proven(config, in_use)
+    tool.update_status(config, last_failure_timestamp=1700000100)
+    assert not tool.proven(config, in_use)  # the last backup failed: open it again
+    tool.update_status(config, last_success_timestamp=1700000200)
+    (staged / "secrets.json").write_text('{"RESTIC_PASSWORD": "new"}')
+    assert not tool.proven(config, in_use)  # new settings are always tried
