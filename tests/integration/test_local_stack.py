@@ -309,6 +309,40 @@ def test_openai_client_with_an_api_key_streams_through_verified_tls(deployed):
     )
 
 
+def test_tgi_client_and_embeddings_through_the_edge_with_an_api_key(deployed, monkeypatch):
+    """TGI's own client posts to the base URL; RAG tools call /v1/embeddings. Both with TLS verified."""
+    from openai import DefaultHttpxClient, OpenAI
+    from text_generation import Client
+    from text_generation.errors import UnknownError
+
+    stack, _ = deployed
+    status = endpoint(stack)
+    # How `requests`, which the TGI client uses, trusts a CA.
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", status["ca_bundle"])
+    auth = {"Authorization": f"Bearer {status['api_key']}"}
+    tgi = Client(status["url"], headers=auth, timeout=30)
+    answer = tgi.generate("What is de.NBI?", max_new_tokens=7)
+    assert answer.details.generated_tokens == 7
+    streamed = [r.token.text for r in tgi.generate_stream("What is de.NBI?", max_new_tokens=7)]
+    assert "".join(streamed) == answer.generated_text and len(streamed) == 7
+    with pytest.raises(UnknownError, match="unauthorized"):  # no credentials: the edge's 401, not the engine
+        Client(status["url"], timeout=30).generate("hi", max_new_tokens=1)
+
+    s = session(status["ca_bundle"])
+    refused = s.post(status["url"], json={"inputs": "hi"}, timeout=20)
+    assert refused.status_code == 401 and refused.json()["error"] == "unauthorized"
+    people = s.get(status["url"], allow_redirects=False, timeout=20)
+    assert people.status_code == 302 and "/oauth2/start" in people.headers["Location"]  # GET / is for people
+
+    with DefaultHttpxClient(verify=status["ca_bundle"], trust_env=False, timeout=30) as http:
+        client = OpenAI(base_url=status["openai_base_url"], api_key=status["api_key"], http_client=http)
+        vectors = client.embeddings.create(model="any", input=["de.NBI cloud", "de.NBI cloud", "Berlin"]).data
+    assert [v.index for v in vectors] == [0, 1, 2] and len(vectors[0].embedding) > 0
+    assert vectors[0].embedding == vectors[1].embedding != vectors[2].embedding
+    anonymous = s.post(status["openai_base_url"] + "/embeddings", json={"input": "x"}, timeout=20)
+    assert anonymous.status_code == 401
+
+
 def test_bearer_jwts_right_audience_only_signed_only_unexpired_only(deployed):
     import base64
 
