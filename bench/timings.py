@@ -1,11 +1,11 @@
-"""Print the walking skeleton's wall times: cold and warm `make local`, a no-op converge, `make test`.
+"""Print the walking skeleton's wall times: cold and warm `make local`, no-op converges, `make test`.
 
     .venv/bin/python bench/timings.py [--cold] [--with-test]
 
 --cold removes the cached base image first, so the first `make local` includes debootstrap.
---with-test also times `make test` (over an hour now). Uses its own stack ("bench") and ports, so a
-running `make local` stack is left alone. Figures are single runs on this machine: read them as
-orders of magnitude, not as a benchmark to gate on.
+--with-test also times `make test` (about 40 minutes). Uses its own stacks ("bench"; "bench-split", an edge
+and two engines) and ports, so a running `make local` stack is left alone. Figures are single runs on this
+machine: read them as orders of magnitude, not as a benchmark to gate on.
 """
 
 from __future__ import annotations
@@ -20,6 +20,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 STACK = ["STACK=bench", "LOCAL_ARGS=--ssh-port 2260 --http-port 8094 --https-port 8454"]
+SPLIT = [
+    "STACK=bench-split",
+    "TOPOLOGY=split",
+    "LOCAL_ARGS=--ssh-port 2270 --http-port 8095 --https-port 8455 --engines 2",
+]
 
 
 def timed(label: str, *make_args: str) -> tuple[str, float]:
@@ -81,6 +86,11 @@ def main() -> None:
     subprocess.run(["make", "--no-print-directory", "down", *STACK], cwd=ROOT, capture_output=True)
     rows.append(timed("make local (image cached, fresh hosts)", "local", *STACK))
     subprocess.run(["make", "--no-print-directory", "down", *STACK], cwd=ROOT, capture_output=True)
+    # The split topology with two engines: an edge and two engine hosts, converged side by side.
+    subprocess.run(["make", "--no-print-directory", "down", *SPLIT], cwd=ROOT, capture_output=True)
+    rows.append(timed("make local, split with 2 engines", "local", *SPLIT))
+    rows.append(timed("make converge, split with 2 engines (no-op)", "converge", *SPLIT))
+    subprocess.run(["make", "--no-print-directory", "down", *SPLIT], cwd=ROOT, capture_output=True)
     if args.with_test:
         rows.append(timed("make test", "test"))
     print(f"\n{'step':<48} {'wall time':>10}")
