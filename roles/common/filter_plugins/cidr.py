@@ -18,7 +18,8 @@ def invalid_cidrs(values):
 
 def world_cidrs(values):
     """The entries of ``values`` that match every address (0.0.0.0/0, ::/0); invalid entries are skipped."""
-    valid = [v for v in values or [] if v not in invalid_cidrs(values)]
+    bad = invalid_cidrs(values)
+    valid = [v for v in values or [] if v not in bad]
     return [v for v in valid if ipaddress.ip_network(str(v), strict=False).prefixlen == 0]
 
 
