@@ -10,7 +10,7 @@ LOCAL_ARGS ?=
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv local up converge verify status down backup restore backup-drill lint unit molecule integration \
+.PHONY: help venv local up converge verify status monitor down backup restore backup-drill lint unit molecule integration \
 	cloud-prepare provision test bench
 
 help: ## list the targets
@@ -41,6 +41,9 @@ verify: venv ## run the testinfra checks (tests/infra) against $(INVENTORY)
 
 status: venv ## show the local hosts
 	$(BIN)/llmcloud local status --stack $(STACK)
+
+monitor: venv ## $(INVENTORY) on one screen from its Prometheus: hosts, engines, traffic, GPU, certificate, backups, cost
+	$(BIN)/llmcloud status -i $(INVENTORY)
 
 down: venv ## remove the local hosts, their network, volumes and inventory (keeps the base image)
 	$(BIN)/llmcloud local down --stack $(STACK)

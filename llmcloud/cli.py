@@ -86,6 +86,19 @@ def parser() -> argparse.ArgumentParser:
             default=DEFAULT_INVENTORY_ROOT / "local",
             help="inventory directory (default: inventory/local)",
         )
+    watch = sub.add_parser("status", help="the deployment on one screen, from its Prometheus")
+    watch.add_argument(
+        "-i",
+        "--inventory",
+        type=Path,
+        default=DEFAULT_INVENTORY_ROOT / "local",
+        help="inventory directory (default: inventory/local)",
+    )
+    watch.add_argument("--json", action="store_true", help="machine-readable output")
+    watch.add_argument(
+        "--prometheus-url",
+        help="ask this Prometheus (e.g. http://127.0.0.1:9090/prometheus/) instead of one reached over SSH",
+    )
     return top
 
 
@@ -342,6 +355,12 @@ def _dispatch(args) -> int:
         return 0
     if args.command == "verify":
         return verify.verify(args.inventory)
+    if args.command == "status":
+        from llmcloud import status
+
+        figures = status.status(args.inventory, args.prometheus_url)
+        print(json.dumps(figures, indent=2) if args.json else status.render(figures, args.inventory.name))
+        return 0
 
     if args.action == "image":
         from llmcloud.local import image, system

@@ -27,7 +27,7 @@ from pydantic.alias_generators import to_camel
 
 NAMESPACE = "llmcloud"
 #: Config keys that must be Pulumi secrets (`pulumi config set --secret`).
-SECRET_KEYS = ("hfToken", "oauthClientSecret", "resticPassword", "cookieSecret")
+SECRET_KEYS = ("hfToken", "oauthClientSecret", "resticPassword", "cookieSecret", "alertWebhook")
 
 _DNS_LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
 _DOMAIN = re.compile(rf"^(?=.{{1,253}}$){_DNS_LABEL}(\.{_DNS_LABEL})+$")
@@ -104,6 +104,9 @@ class Node(_Model):
     image_pattern: str | None = None
     #: Boot from a new volume of this size (GB) instead of the flavor's disk.
     boot_volume_size: int | None = Field(default=None, ge=10, le=2000)
+    #: What one VM of this kind costs per hour (any currency): `llmcloud status` shows cost per hour and per
+    #: million generated tokens.
+    cost_per_hour: float | None = Field(default=None, ge=0)
 
     @field_validator("image_pattern")
     @classmethod
@@ -307,6 +310,36 @@ class Backup(_Model):
         return self
 
 
+class Monitoring(_Model):
+    """Prometheus, Alertmanager and the exporters (roles monitoring, node_exporter, dcgm_exporter)."""
+
+    enabled: bool = True
+    #: Who may open Prometheus at https://<domain>/prometheus/ (signed in): e-mails, or else groups.
+    admins: list[str] = []
+    admin_groups: list[str] = []
+    #: Where alerts go: an e-mail address through a mail relay, and/or the secret alertWebhook (top level).
+    alert_email: str | None = None
+    alert_smarthost: str | None = None
+    #: How long samples are kept.
+    retention_days: int = Field(default=15, ge=1, le=3650)
+
+    @field_validator("admins")
+    @classmethod
+    def _admins(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if not _EMAIL.match(value):
+                raise ValueError(f"{value!r} is not an e-mail address; fix: e.g. alice@example.org")
+        return values
+
+    @model_validator(mode="after")
+    def _one_kind_of_admin(self):
+        if self.admins and self.admin_groups:
+            raise ValueError("set admins or adminGroups, not both (a person would have to be in both lists)")
+        if self.alert_email and not self.alert_smarthost:
+            raise ValueError("alertEmail needs alertSmarthost: your mail relay as host:port")
+        return self
+
+
 class Tls(_Model):
     mode: TlsMode = TlsMode.acme_http01
     acme_email: str | None = None
@@ -366,6 +399,7 @@ class StackConfig(_Model):
     auth: Auth
     tls: Tls = Field(default={}, validate_default=True)  # validated: acme modes need acmeEmail
     backup: Backup = Backup()
+    monitoring: Monitoring = Monitoring()
     #: Run Ansible and the checks after the VMs exist.
     configure: bool = True
     #: Seconds `pulumi up` waits for each VM's SSH and cloud-init before it fails.
@@ -377,6 +411,8 @@ class StackConfig(_Model):
     oauth_client_secret: SecretStr | None = None
     restic_password: SecretStr | None = None
     cookie_secret: SecretStr | None = None
+    #: Alertmanager posts alerts here (webhook URLs often carry a token, hence a secret).
+    alert_webhook: SecretStr | None = None
 
     @field_validator("name_prefix")
     @classmethod

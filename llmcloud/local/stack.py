@@ -446,6 +446,8 @@ class LocalStack:
                 "oauth2_proxy_issuer_url": self.idp_url(network),
                 "oauth2_proxy_client_id": CLIENT_ID,
                 "oauth2_proxy_allowed_email_domains": ["example.org"],
+                # Prometheus's UI at /prometheus/ for alice only (mallory is refused at the login anyway).
+                "nginx_admin_emails": [DEMO_USERS[0]["email"]],
                 # Backups to the shared backup volume, one repository per host.
                 "restic_enabled": True,
                 "restic_repository": BACKUP_MOUNT + "/{{ inventory_hostname }}",

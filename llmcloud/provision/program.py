@@ -55,6 +55,12 @@ def group_vars(cfg: StackConfig) -> dict[str, Any]:
         "restic_keep_daily": cfg.backup.keep_daily,
         "restic_keep_weekly": cfg.backup.keep_weekly,
         "restic_keep_monthly": cfg.backup.keep_monthly,
+        "monitoring_enabled": cfg.monitoring.enabled,
+        "monitoring_retention_time": f"{cfg.monitoring.retention_days}d",
+        "monitoring_alert_email_to": cfg.monitoring.alert_email,
+        "monitoring_alert_email_smarthost": cfg.monitoring.alert_smarthost,
+        "nginx_admin_emails": list(cfg.monitoring.admins),
+        "nginx_admin_groups": list(cfg.monitoring.admin_groups),
     }
 
 
@@ -162,6 +168,7 @@ def program(
         "oauth2_proxy_cookie_secret": _secret(cfg.cookie_secret),
         "llm_engine_hf_token": _secret(cfg.hf_token),
         "restic_password": _secret(cfg.restic_password),
+        "monitoring_alert_webhook": _secret(cfg.alert_webhook),
     }
     secrets = {k: v for k, v in secrets.items() if v is not None}
 
@@ -181,6 +188,9 @@ def program(
         for name in names:
             in_groups = ("edge",) if name == "edge1" else (("llm",) if split else ("llm", "edge"))
             proxy_jump, host_vars = None, {}
+            cost = (cfg.edge_node if name == "edge1" else cfg.engine_node).cost_per_hour
+            if cost is not None:
+                host_vars["llmcloud_cost_per_hour"] = cost
             if split and name != "edge1":
                 # Engine VMs have no public address: reach them through the edge.
                 hop = f"{DEPLOY_USER}@{entry_address}"

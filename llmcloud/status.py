@@ -1,0 +1,309 @@
+"""`llmcloud status -i inventory/<stack>`: the deployment on one screen, from its Prometheus.
+
+Prometheus (role monitoring) listens on the monitoring host's loopback (or private) address only, so the
+command reaches it through an SSH forward made with the inventory's own ``ssh_config``; ``--prometheus-url``
+skips the forward.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llmcloud import inventory
+from llmcloud.errors import UserError
+
+API = 'route="api"'
+LATENCY = (
+    "histogram_quantile({q}, sum by (le) (rate(llmcloud_edge_request_duration_seconds_bucket{{"
+    + API
+    + "}}[5m])))"
+)
+#: PromQL for each figure; engine-neutral where the edge measures it (mtail, role nginx).
+QUERIES = {
+    "hosts_up": 'up{job="node"}',
+    "engines": "llmcloud:engine_up",
+    "requests_per_minute": f"sum(rate(llmcloud_edge_requests_total{{{API}}}[5m])) * 60",
+    "errors_per_minute": f'sum(rate(llmcloud_edge_requests_total{{{API}, code=~"5.."}}[5m])) * 60',
+    "latency_p50_seconds": LATENCY.format(q=0.5),
+    "latency_p95_seconds": LATENCY.format(q=0.95),
+    # TGI's and vLLM's own counters of generated tokens (Ollama has none).
+    "tokens_per_second": (
+        "sum(rate(tgi_request_generated_tokens_sum[5m])) or sum(rate(vllm:generation_tokens_total[5m]))"
+    ),
+    "gpu_utilization_percent": 'avg by (host) (DCGM_FI_DEV_GPU_UTIL{job="gpu"})',
+    "gpu_memory_used_mib": 'sum by (host) (DCGM_FI_DEV_FB_USED{job="gpu"})',
+    "gpu_memory_total_mib": 'sum by (host) (DCGM_FI_DEV_FB_USED{job="gpu"} + DCGM_FI_DEV_FB_FREE{job="gpu"})',
+    "healthz": 'probe_success{job="healthz"}',
+    "certificate_days_left": 'min((probe_ssl_earliest_cert_expiry{job="healthz"} - time()) / 86400)',
+    "backup_age_hours": "(time() - llmcloud_backup_last_success_timestamp_seconds) / 3600",
+    "backup_failed": (
+        "llmcloud_backup_last_failure_timestamp_seconds > llmcloud_backup_last_success_timestamp_seconds"
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where Prometheus is, as the inventory (and the monitoring role's defaults) say."""
+
+    host: str
+    address: str
+    port: int
+    path: str
+    hostvars: dict[str, dict[str, Any]]
+
+
+def target(inventory_dir: Path) -> Target:
+    from llmcloud.converge import venv_on_path
+
+    inventory.require(inventory_dir)
+    venv_on_path()
+    run = subprocess.run(
+        ["ansible-inventory", "-i", str(inventory_dir), "--list"], capture_output=True, text=True, timeout=120
+    )
+    if run.returncode != 0:
+        raise UserError(
+            f"cannot read the inventory {inventory_dir}: {run.stderr.strip()[-500:]}", "fix the file it names"
+        )
+    data = json.loads(run.stdout)
+    hostvars = data.get("_meta", {}).get("hostvars", {})
+    edge = data.get("edge", {}).get("hosts", [])
+    if not edge:
+        raise UserError(f"the inventory {inventory_dir} has no host in group edge", "provision the stack")
+    any_vars = next(iter(hostvars.values()), {})
+    if str(any_vars.get("monitoring_enabled", True)).lower() in ("false", "no", "0"):
+        raise UserError(
+            "monitoring is off in this inventory (monitoring_enabled: false)",
+            "remove monitoring_enabled: false, then `make converge INVENTORY=...`",
+        )
+    host = any_vars.get("llmcloud_monitor_host") or edge[0]
+    if host not in hostvars:
+        raise UserError(
+            f"llmcloud_monitor_host is {host!r}, which is not a host of the inventory",
+            "name one of its hosts",
+        )
+    mine = hostvars[host]
+    default_address = "127.0.0.1" if edge == [host] else mine.get("private_ip", "127.0.0.1")
+    return Target(
+        host=host,
+        address=str(mine.get("monitoring_prometheus_address") or default_address),
+        port=int(mine.get("monitoring_prometheus_port") or 9090),
+        path=str(mine.get("monitoring_prometheus_path") or "/prometheus/"),
+        hostvars=hostvars,
+    )
+
+
+@contextmanager
+def forward(inventory_dir: Path, where: Target, timeout: float = 30):
+    """An SSH forward from a free local port to Prometheus; yields its base URL."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        local = probe.getsockname()[1]
+    ssh_config = inventory_dir / "ssh_config"
+    proc = subprocess.Popen(
+        [
+            "ssh",
+            *(["-F", str(ssh_config)] if ssh_config.is_file() else []),
+            *("-N", "-o", "ExitOnForwardFailure=yes", "-o", "BatchMode=yes", "-o", "ConnectTimeout=15"),
+            *("-L", f"127.0.0.1:{local}:{where.address}:{where.port}", where.host),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                why = (proc.stderr.read() or "").strip()[-300:]
+                raise UserError(
+                    f"cannot reach the monitoring host {where.host} over SSH: {why}",
+                    f"check `ssh -F {ssh_config} {where.host}`, or pass --prometheus-url",
+                )
+            try:
+                socket.create_connection(("127.0.0.1", local), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise UserError(
+                        f"the SSH forward to {where.host} did not open within {timeout:.0f}s",
+                        "check the host, or pass --prometheus-url",
+                    ) from None
+                time.sleep(0.2)
+        yield f"http://127.0.0.1:{local}{where.path}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+class Prometheus:
+    def __init__(self, base_url: str, timeout: float = 15):
+        self.base = base_url if base_url.endswith("/") else base_url + "/"
+        self.timeout = timeout
+
+    def _get(self, path: str, params: dict[str, str] | None = None) -> Any:
+        url = self.base + path + ("?" + urllib.parse.urlencode(params) if params else "")
+        try:
+            with urllib.request.urlopen(url, timeout=self.timeout) as resp:
+                body = json.load(resp)
+        except (urllib.error.URLError, OSError, ValueError) as err:
+            raise UserError(
+                f"Prometheus at {self.base} does not answer: {err}",
+                "is the monitoring role applied (make converge)? "
+                "See `systemctl status prometheus` on the monitoring host",
+            ) from None
+        if body.get("status") != "success":
+            raise UserError(
+                f"Prometheus refused {path}: {body.get('error')}", "report it as a bug of llmcloud"
+            )
+        return body["data"]
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        return self._get("api/v1/query", {"query": expr})["result"]
+
+    def alerts(self) -> list[dict[str, Any]]:
+        return self._get("api/v1/alerts")["alerts"]
+
+
+def _value(sample: dict[str, Any]) -> float:
+    return float(sample["value"][1])
+
+
+def _scalar(results: list[dict[str, Any]]) -> float | None:
+    if not results:
+        return None
+    value = _value(results[0])
+    return None if math.isnan(value) else value
+
+
+def collect(prom: Prometheus, hostvars: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Every figure of the screen, as plain data (what --json prints)."""
+    raw = {name: prom.query(expr) for name, expr in QUERIES.items()}
+    return summarize(raw, prom.alerts(), hostvars)
+
+
+def summarize(raw: dict[str, list], alerts: list[dict], hostvars: dict[str, dict]) -> dict[str, Any]:
+    def by_host(name: str) -> dict[str, float]:
+        return {s["metric"].get("host", "?"): _value(s) for s in raw.get(name, [])}
+
+    gpu_use, gpu_used = by_host("gpu_utilization_percent"), by_host("gpu_memory_used_mib")
+    gpu_total = by_host("gpu_memory_total_mib")
+    backups = by_host("backup_age_hours")
+    failed = set(by_host("backup_failed"))
+    hosts = []
+    for s in sorted(raw.get("hosts_up", []), key=lambda s: s["metric"].get("host", "")):
+        name = s["metric"].get("host", "?")
+        hosts.append(
+            {
+                "host": name,
+                "up": _value(s) == 1,
+                "gpu_utilization_percent": gpu_use.get(name),
+                "gpu_memory_used_mib": gpu_used.get(name),
+                "gpu_memory_total_mib": gpu_total.get(name),
+                "backup_age_hours": backups.get(name),
+                "backup_failed": name in failed,
+            }
+        )
+    engines = [
+        {
+            "host": s["metric"].get("host", "?"),
+            "engine": s["metric"].get("engine"),
+            "model": s["metric"].get("model"),
+            "ready": _value(s) == 1,
+        }
+        for s in sorted(raw.get("engines", []), key=lambda s: s["metric"].get("host", ""))
+    ]
+    tokens = _scalar(raw.get("tokens_per_second", []))
+    costs = [float(v["llmcloud_cost_per_hour"]) for v in hostvars.values() if v.get("llmcloud_cost_per_hour")]
+    cost_per_hour = sum(costs) if costs else None
+    per_million = None
+    if cost_per_hour is not None and tokens:
+        per_million = cost_per_hour / (tokens * 3600) * 1_000_000
+    requests = _scalar(raw.get("requests_per_minute", []))
+    errors = _scalar(raw.get("errors_per_minute", []))
+    if errors is None and requests is not None:
+        errors = 0.0  # no 5xx counted yet
+    return {
+        "hosts": hosts,
+        "engines": engines,
+        "healthz_ok": all(_value(s) == 1 for s in raw.get("healthz", [])) if raw.get("healthz") else None,
+        "requests_per_minute": requests,
+        "errors_per_minute": errors,
+        "error_ratio": (errors / requests) if (requests and errors is not None) else None,
+        "latency_p50_seconds": _scalar(raw.get("latency_p50_seconds", [])),
+        "latency_p95_seconds": _scalar(raw.get("latency_p95_seconds", [])),
+        "tokens_per_second": tokens,
+        "gpu": any(h["gpu_memory_total_mib"] for h in hosts),
+        "certificate_days_left": _scalar(raw.get("certificate_days_left", [])),
+        "cost_per_hour": cost_per_hour,
+        "cost_per_million_tokens": per_million,
+        "alerts_firing": sorted({a["labels"]["alertname"] for a in alerts if a.get("state") == "firing"}),
+    }
+
+
+def _num(value: float | None, fmt: str = "{:.1f}", none: str = "-") -> str:
+    return none if value is None else fmt.format(value)
+
+
+def render(status: dict[str, Any], stack: str) -> str:
+    """One screen of text."""
+    lines = [f"llmcloud status: {stack}"]
+    healthz = {True: "ok", False: "FAILING", None: "not probed"}[status["healthz_ok"]]
+    days = _num(status["certificate_days_left"], "{:.0f}")
+    lines.append(f"  edge /healthz     {healthz}; certificate {days} days left")
+    lines.append("  hosts")
+    for h in status["hosts"]:
+        gpu = "no GPU"
+        if h["gpu_memory_total_mib"]:
+            gpu = (
+                f"GPU {_num(h['gpu_utilization_percent'], '{:.0f}')} %, "
+                f"{_num(h['gpu_memory_used_mib'], '{:.0f}')}/{_num(h['gpu_memory_total_mib'], '{:.0f}')} MiB"
+            )
+        age = h["backup_age_hours"]
+        backup = "no backup yet" if age is None else f"last backup {age:.1f} h ago"
+        if h["backup_failed"]:
+            backup += " (LAST RUN FAILED)"
+        lines.append(f"    {h['host']:<12} {'up' if h['up'] else 'DOWN':<5} {gpu}; {backup}")
+    lines.append("  engines")
+    for e in status["engines"] or [{"host": "-", "engine": None, "model": None, "ready": False}]:
+        ready = "ready" if e["ready"] else "DOWN"
+        lines.append(f"    {e['host']:<12} {ready:<5} {e['engine'] or '?'} {e['model'] or ''}")
+    p50, p95 = status["latency_p50_seconds"], status["latency_p95_seconds"]
+    lines.append(
+        f"  traffic (5 min)   {_num(status['requests_per_minute'])} requests/min, "
+        f"{_num(status['errors_per_minute'])} errors/min (5xx); latency p50 {_num(p50, '{:.2f}')} s, "
+        f"p95 {_num(p95, '{:.2f}')} s"
+    )
+    lines.append(f"  tokens            {_num(status['tokens_per_second'])} generated/s")
+    if status["cost_per_hour"] is None:
+        lines.append("  cost              - (set costPerHour on the nodes in the stack config)")
+    else:
+        lines.append(
+            f"  cost              {status['cost_per_hour']:.2f}/hour; "
+            f"{_num(status['cost_per_million_tokens'], '{:.2f}', 'no tokens generated')} per million tokens"
+        )
+    firing = status["alerts_firing"]
+    lines.append(f"  alerts firing     {', '.join(firing) if firing else 'none'}")
+    return "\n".join(lines)
+
+
+def status(inventory_dir: Path, prometheus_url: str | None = None) -> dict[str, Any]:
+    where = target(inventory_dir)
+    if prometheus_url:
+        return collect(Prometheus(prometheus_url), where.hostvars)
+    with forward(inventory_dir, where) as url:
+        return collect(Prometheus(url), where.hostvars)
