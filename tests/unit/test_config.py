@@ -185,6 +185,7 @@ def test_schema_is_the_one_source_of_settings():
     assert fields - documented <= {
         "cookieSecret",
         "hfToken",
+        "alertWebhook",
         "resticPassword",
         "oauthClientSecret",
         "keypairName",
