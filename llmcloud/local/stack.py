@@ -448,6 +448,9 @@ class LocalStack:
                 "oauth2_proxy_allowed_email_domains": ["example.org"],
                 # Prometheus's UI at /prometheus/ for alice only (mallory is refused at the login anyway).
                 "nginx_admin_emails": [DEMO_USERS[0]["email"]],
+                # Prometheus scrapes and evaluates every 5 s: figures and alerts show within seconds.
+                "monitoring_scrape_interval": "5s",
+                "monitoring_evaluation_interval": "5s",
                 # Backups to the shared backup volume, one repository per host.
                 "restic_enabled": True,
                 "restic_repository": BACKUP_MOUNT + "/{{ inventory_hostname }}",

@@ -11,10 +11,12 @@ import re
 import socket
 import ssl
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import yaml
@@ -500,6 +502,187 @@ def test_access_log_keeps_no_prompt_and_no_full_address(deployed):
     )
     assert client_ip and client_ip not in log  # the gateway is the client seen here; only its /24 is logged
     assert ".".join(client_ip.split(".")[:3]) + ".0" in log
+
+
+def llmcloud_status(stack: LocalStack, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "llmcloud"), "status", "-i", str(stack.inventory_dir), *extra],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_llmcloud_status_shows_hosts_engines_traffic_certificate_and_backups(deployed):
+    """`llmcloud status` reads the Prometheus over SSH; every host is scraped across the private network."""
+    stack, _ = deployed
+    status = endpoint(stack)
+    s = session(status["ca_bundle"])
+    auth = {"Authorization": f"Bearer {status['api_key']}"}
+    body = {"model": "x", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    deadline, figures = time.monotonic() + 90, {}
+    while time.monotonic() < deadline:
+        for _ in range(3):
+            reply = s.post(
+                status["openai_base_url"] + "/chat/completions", headers=auth, json=body, timeout=20
+            )
+            assert reply.status_code == 200
+        run = llmcloud_status(stack, "--json")
+        assert run.returncode == 0, run.stderr
+        figures = json.loads(run.stdout)
+        if figures["requests_per_minute"] and figures["latency_p50_seconds"] is not None:
+            break
+        time.sleep(3)
+    assert figures["requests_per_minute"] > 0 and figures["tokens_per_second"] > 0, figures
+    assert 0 <= figures["latency_p50_seconds"] <= figures["latency_p95_seconds"] < 5
+    assert figures["errors_per_minute"] == 0
+    assert {h["host"] for h in figures["hosts"]} == {name for name, _ in stack.hosts()}
+    assert all(
+        h["up"] and h["backup_age_hours"] is not None and not h["backup_failed"] for h in figures["hosts"]
+    )
+    engines = [name for name, groups in stack.hosts() if "llm" in groups]
+    assert [e["host"] for e in figures["engines"]] == sorted(engines)
+    assert all(e["ready"] and e["model"] == "llmcloud/engine-test-double" for e in figures["engines"])
+    assert figures["healthz_ok"] is True and figures["gpu"] is False
+    assert 300 < figures["certificate_days_left"] <= 366  # the internal CA's edge certificate, a year
+    assert figures["cost_per_hour"] is None
+    text = llmcloud_status(stack)
+    assert text.returncode == 0 and "no GPU" in text.stdout and "ready" in text.stdout, text.stdout
+    # Nobody answering: a clear message, no traceback.
+    from helpers import free_port
+
+    gone = llmcloud_status(
+        stack, "--prometheus-url", f"http://127.0.0.1:{free_port('127.0.0.1')}/prometheus/"
+    )
+    assert gone.returncode == 2 and "does not answer" in gone.stderr and "Traceback" not in gone.stderr
+
+
+def test_prometheus_ui_for_the_admins_only(deployed):
+    stack, _ = deployed
+    if stack.topology != "single":
+        pytest.skip("one topology is enough: the route lives in the edge's nginx")
+    status = endpoint(stack)
+    query = status["url"] + "prometheus/api/v1/query?query=up"
+    anonymous = session(status["ca_bundle"])
+    forged = {
+        "X-Forwarded-Email": "alice@example.org",
+        "X-Auth-Request-Email": "alice@example.org",
+        "X-Forwarded-User": "alice",
+        "X-Auth-Request-User": "alice",
+    }
+    for headers in ({}, forged, {"Authorization": f"Bearer {status['api_key']}"}):
+        r = anonymous.get(query, headers=headers, allow_redirects=False, timeout=20)
+        assert r.status_code == 302 and "/oauth2/start" in r.headers["Location"], (
+            headers.keys(),
+            r.status_code,
+        )
+    # An encoded letter is decoded before the match: still behind the login.
+    r = anonymous.get(status["url"] + "%70rometheus/graph", allow_redirects=False, timeout=20)
+    assert r.status_code == 302
+    alice, _ = browser_login(status, "alice")
+    answer = alice.get(query, timeout=20)
+    assert answer.status_code == 200 and answer.json()["status"] == "success"
+    assert alice.get(status["url"] + "prometheus/graph", timeout=20).status_code == 200
+    for path in ("prometheus", "Prometheus/graph", "prometheus-x/graph"):
+        assert alice.get(status["url"] + path, allow_redirects=False, timeout=20).status_code == 404, path
+    # Signed in but not an admin: 403.
+    apply_edge_role(stack, "nginx", nginx_admin_emails=["someone-else@example.org"])
+    try:
+        refused = alice.get(query, allow_redirects=False, timeout=20)
+        assert refused.status_code == 403 and "not one of the admins" in refused.text
+    finally:
+        apply_edge_role(stack, "nginx")
+    assert alice.get(query, timeout=20).status_code == 200
+
+
+RECEIVER = """
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        with open("/tmp/llmcloud-alerts.jsonl", "ab") as out:
+            out.write(body.replace(b"\\n", b" ") + b"\\n")
+        self.send_response(200)
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer(("127.0.0.1", 9099), H).serve_forever()
+"""
+
+
+def test_alerts_fire_and_reach_a_webhook(deployed, record_property):
+    """Engine down, all replicas down, a failed backup and a certificate that expires soon each reach the
+    webhook (short `for:` durations here only)."""
+    stack, _ = deployed
+    if stack.topology != "single":
+        pytest.skip("one topology is enough: the alerts are evaluated on the edge")
+    edge = next(name for name, groups in stack.hosts() if "edge" in groups)
+    host = system.docker_client().containers.get(stack.container_name(edge))
+
+    def sh(command: str) -> str:
+        result = host.exec_run(["sh", "-c", command])
+        assert result.exit_code == 0, (command, result.output.decode()[-1000:])
+        return result.output.decode()
+
+    def received(name: str, since: float, timeout: float = 120) -> float:
+        """Seconds from `since` until a firing `name` reached the receiver."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in sh("cat /tmp/llmcloud-alerts.jsonl 2>/dev/null || true").splitlines():
+                message = json.loads(line)
+                if any(
+                    a["labels"]["alertname"] == name and a["status"] == "firing" for a in message["alerts"]
+                ):
+                    return time.monotonic() - since
+            time.sleep(1)
+        pytest.fail(f"{name} did not reach the webhook within {timeout}s")
+
+    sh("rm -f /tmp/llmcloud-alerts.jsonl")
+    host.exec_run(["python3", "-c", RECEIVER], detach=True)
+    short = dict.fromkeys(("engine_down", "pool_down", "healthz", "backup", "certificate"), "5s")
+    apply_edge_role(
+        stack,
+        "monitoring",
+        monitoring_alert_webhooks=["http://127.0.0.1:9099/alerts"],
+        monitoring_alert_for=short,
+        monitoring_alert_group_wait="1s",
+    )
+    repo = f"/srv/backup/{edge}"
+    cert = sh("readlink -f /etc/llmcloud/tls/fullchain.pem").strip()
+    try:
+        started = time.monotonic()
+        sh("docker stop llm-engine")
+        record_property("engine_stopped_to_webhook_s", round(received("LlmcloudEngineDown", started), 1))
+        received("LlmcloudEnginePoolDown", started)
+        sh("docker start llm-engine")
+
+        started = time.monotonic()
+        sh(f"mv {repo} {repo}.moved")
+        assert host.exec_run(["systemctl", "start", "llmcloud-backup.service"]).exit_code != 0
+        received("LlmcloudBackupFailed", started)
+        sh(f"mv {repo}.moved {repo} && systemctl start llmcloud-backup.service")
+
+        # A certificate from the same CA that expires in 5 days, served by nginx.
+        started = time.monotonic()
+        sh(f"cp {cert} /tmp/llmcloud-cert.keep")
+        sh(
+            "cd /etc/llmcloud/tls && openssl req -new -key privkey.pem -subj /CN=localhost "
+            "-addext subjectAltName=DNS:localhost,IP:127.0.0.1 "
+            f"| openssl x509 -req -CA ca/ca.pem -CAkey ca/ca.key -days 5 -copy_extensions copy -out {cert} "
+            "&& systemctl reload nginx"
+        )
+        received("LlmcloudCertificateExpiring", started)
+    finally:
+        host.exec_run(["sh", "-c", f"test -f /tmp/llmcloud-cert.keep && cp /tmp/llmcloud-cert.keep {cert}"])
+        host.exec_run(["sh", "-c", f"test -d {repo}.moved && mv {repo}.moved {repo}"])
+        host.exec_run(["sh", "-c", "systemctl reload nginx; docker start llm-engine"])
+        host.exec_run(["pkill", "-f", "llmcloud-alerts.jsonl"])
+        apply_edge_role(stack, "monitoring")
+    status = endpoint(stack)
+    s, deadline = session(status["ca_bundle"]), time.monotonic() + 120
+    while s.get(status["url"] + "healthz", timeout=10).status_code != 200:
+        assert time.monotonic() < deadline, "the engine did not come back"
+        time.sleep(1)
 
 
 def test_requests_survive_one_engine_replica_down(deployed):
