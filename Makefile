@@ -109,5 +109,6 @@ bench: venv ## print timings: make local, no-op converge; engine roles and recov
 	$(BIN)/python bench/engine.py
 	$(BIN)/python bench/edge.py
 	$(BIN)/python bench/backup.py
+	$(BIN)/python bench/monitoring.py
 	$(BIN)/python bench/provision.py
 	$(BIN)/python bench/boot.py
