@@ -263,6 +263,31 @@ def test_backup_share_granted_to_every_node(tmp_path):
     assert main["restic_enabled"] is True
 
 
+def test_monitoring_settings_cost_and_alert_webhook_reach_the_inventory(tmp_path):
+    _, _, inv = deploy(
+        tmp_path,
+        **SPLIT,
+        engineNode={"costPerHour": 1.5},
+        edgeNode={"costPerHour": 0.05},
+        monitoring={"admins": ["ops@example.org"], "retentionDays": 30},
+        alertWebhook="https://hooks.example.org/T0K3N",
+    )
+    hosts = yaml.safe_load((inv / "hosts.yml").read_text())["all"]["hosts"]
+    assert {name: h.get("llmcloud_cost_per_hour") for name, h in hosts.items()} == {
+        "edge1": 0.05,
+        "llm1": 1.5,
+        "llm2": 1.5,
+    }
+    main_text = (inv / "group_vars" / "all" / "00-llmcloud.yml").read_text()
+    main = yaml.safe_load(main_text)
+    assert main["nginx_admin_emails"] == ["ops@example.org"] and main["monitoring_retention_time"] == "30d"
+    assert main["monitoring_enabled"] is True
+    # The webhook URL carries a token: only in the secrets file.
+    assert "T0K3N" not in main_text
+    secrets = yaml.safe_load((inv / "group_vars" / "all" / "01-secrets.yml").read_text())
+    assert secrets["monitoring_alert_webhook"] == "https://hooks.example.org/T0K3N"
+
+
 def test_configure_resource_follows_the_switch(tmp_path):
     mocks, _, _ = deploy(tmp_path)
     assert len(mocks.of_type("pulumi-python:dynamic:Resource")) == 1
