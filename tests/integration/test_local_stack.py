@@ -586,7 +586,8 @@ def test_prometheus_ui_for_the_admins_only(deployed):
     for path in ("Prometheus/graph", "prometheus-x/graph", "prometheus../graph"):
         assert alice.get(status["url"] + path, allow_redirects=False, timeout=20).status_code == 404, path
     bare = alice.get(status["url"] + "prometheus", allow_redirects=False, timeout=20)
-    assert bare.status_code == 301 and bare.headers["Location"] == "/prometheus/"  # nginx's own slash redirect
+    # nginx's own redirect to the protected prefix.
+    assert bare.status_code == 301 and bare.headers["Location"] == "/prometheus/"
     # Signed in but not an admin: 403.
     apply_edge_role(stack, "nginx", nginx_admin_emails=["someone-else@example.org"])
     try:
