@@ -598,6 +598,29 @@ def test_prometheus_ui_for_the_admins_only(deployed):
     assert alice.get(query, timeout=20).status_code == 200
 
 
+def test_prometheus_in_a_real_browser_for_an_admin(deployed):
+    """Chromium opens /prometheus/: the sign-in at the identity provider, then Prometheus's own page runs (no
+    Content-Security-Policy errors) and shows a result. Screenshot: prometheus-single.png in the artifacts."""
+    from browser import artifacts, chromium, csp_violations, sign_in_at_the_mock_provider, spki_pin
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    stack, _ = deployed
+    if stack.topology != "single":
+        pytest.skip("one topology is enough: the route lives in the edge's nginx")
+    status = endpoint(stack)
+    driver = chromium(spki_pin("127.0.0.1", stack.https_port))
+    try:
+        driver.get(status["url"] + "prometheus/graph?g0.expr=up&g0.tab=1")
+        sign_in_at_the_mock_provider(driver, "alice")
+        WebDriverWait(driver, 30).until(lambda d: 'job="node"' in d.find_element(By.TAG_NAME, "body").text)
+        assert driver.current_url.startswith(status["url"] + "prometheus/graph")
+        driver.save_screenshot(str(artifacts() / f"prometheus-{stack.topology}.png"))
+        assert not csp_violations(driver)
+    finally:
+        driver.quit()
+
+
 RECEIVER = """
 import http.server, sys
 class H(http.server.BaseHTTPRequestHandler):

@@ -1,0 +1,72 @@
+"""A real browser for what people see: Debian's Chromium, headless, driven with Selenium (chromedriver).
+
+The edge's certificate is trusted by its key only (Chromium's SPKI allow-list), so TLS is still checked for
+exactly the stack's certificate and nothing else is waived. Screenshots go to the test artifacts directory
+(``LLMCLOUD_ARTIFACTS``, default ``.cache/artifacts``).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import ssl
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from llmcloud import REPO_ROOT
+from llmcloud.local import system
+
+
+def artifacts() -> Path:
+    path = Path(os.environ.get("LLMCLOUD_ARTIFACTS", REPO_ROOT / ".cache" / "artifacts"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def spki_pin(host: str, port: int) -> str:
+    """base64 SHA-256 of the served certificate's public key, as Chromium's allow-list wants it."""
+    pem = ssl.get_server_certificate((host, port))
+    key = x509.load_pem_x509_certificate(pem.encode()).public_key()
+    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(hashlib.sha256(der).digest()).decode()
+
+
+def chromium(pin: str):
+    """A headless Chromium that trusts the certificate with this key pin, and keeps its console log."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    system.ensure_packages({"chromium": "chromium", "chromedriver": "chromium-driver"})
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",  # root in a container
+        "--disable-dev-shm-usage",
+        "--window-size=1280,900",
+        f"--ignore-certificate-errors-spki-list={pin}",
+        "--no-first-run",
+        "--disable-background-networking",
+    ):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
+
+
+def sign_in_at_the_mock_provider(driver, user: str, timeout: float = 30) -> None:
+    """On oidc-provider-mock's authorization form: type the user and submit."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ready
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    field = WebDriverWait(driver, timeout).until(ready.presence_of_element_located((By.NAME, "sub")))
+    field.clear()
+    field.send_keys(user)
+    field.submit()
+
+
+def csp_violations(driver) -> list[str]:
+    return [e["message"] for e in driver.get_log("browser") if "Content Security Policy" in e["message"]]
