@@ -315,9 +315,11 @@ def _print_summary(status: dict) -> None:
     print(f"  ssh:       ssh -F {status['ssh_config']} {engine['host']}")
     print(f"  re-run:    ansible-playbook -i {status['inventory']} site.yml")
     print(f"  backups:   make backup | backup-drill | restore INVENTORY={status['inventory']}")
+    print(f"  watch:     llmcloud status -i {status['inventory']}  (or make monitor)")
     if status.get("url"):
         print(f"  endpoint:  {status['url']}  (log in as {status['login']['user']} at the provider's form)")
         print(f"  CA:        {status['ca_bundle']}  (the internal CA that signed the edge certificate)")
+        print(f"  metrics:   {status['url']}prometheus/  (Prometheus; {status['login']['user']} is its admin here)")
         print(f"  API key:   llmcloud local status --json --stack {status['stack']} | jq -r .api_key")
         print("  try:       key=$(llmcloud local status --json | jq -r .api_key)")
         print(f'             curl --cacert {status["ca_bundle"]} -H "Authorization: Bearer $key" \\')
