@@ -45,6 +45,13 @@ class ConfigError(ValueError):
         super().__init__("invalid stack configuration:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
+def _check_emails(values: list[str]) -> list[str]:
+    for value in values:
+        if not _EMAIL.match(value):
+            raise ValueError(f"{value!r} is not an e-mail address; fix: e.g. alice@example.org")
+    return values
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(
         alias_generator=to_camel,
@@ -238,10 +245,7 @@ class Auth(_Model):
     @field_validator("allowed_emails")
     @classmethod
     def _emails(cls, values: list[str]) -> list[str]:
-        for value in values:
-            if not _EMAIL.match(value):
-                raise ValueError(f"{value!r} is not an e-mail address; fix: e.g. alice@example.org")
-        return values
+        return _check_emails(values)
 
     @field_validator("allowed_email_domains")
     @classmethod
@@ -326,10 +330,7 @@ class Monitoring(_Model):
     @field_validator("admins")
     @classmethod
     def _admins(cls, values: list[str]) -> list[str]:
-        for value in values:
-            if not _EMAIL.match(value):
-                raise ValueError(f"{value!r} is not an e-mail address; fix: e.g. alice@example.org")
-        return values
+        return _check_emails(values)
 
     @model_validator(mode="after")
     def _one_kind_of_admin(self):
