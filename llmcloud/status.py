@@ -31,7 +31,8 @@ LATENCY = (
 )
 #: PromQL for each figure; engine-neutral where the edge measures it (mtail, role nginx).
 QUERIES = {
-    "hosts_up": 'up{job="node"}',
+    # Only this deployment's targets (they carry a host label; the package's first start scraped others).
+    "hosts_up": 'up{job="node", host!=""}',
     "engines": "llmcloud:engine_up",
     "requests_per_minute": f"sum(rate(llmcloud_edge_requests_total{{{API}}}[5m])) * 60",
     "errors_per_minute": f'sum(rate(llmcloud_edge_requests_total{{{API}, code=~"5.."}}[5m])) * 60',
