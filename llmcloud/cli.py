@@ -319,7 +319,8 @@ def _print_summary(status: dict) -> None:
     if status.get("url"):
         print(f"  endpoint:  {status['url']}  (log in as {status['login']['user']} at the provider's form)")
         print(f"  CA:        {status['ca_bundle']}  (the internal CA that signed the edge certificate)")
-        print(f"  metrics:   {status['url']}prometheus/  (Prometheus; {status['login']['user']} is its admin here)")
+        admin = status["login"]["user"]
+        print(f"  metrics:   {status['url']}prometheus/  (Prometheus; {admin} is its admin here)")
         print(f"  API key:   llmcloud local status --json --stack {status['stack']} | jq -r .api_key")
         print("  try:       key=$(llmcloud local status --json | jq -r .api_key)")
         print(f'             curl --cacert {status["ca_bundle"]} -H "Authorization: Bearer $key" \\')

@@ -535,7 +535,7 @@ def test_llmcloud_status_shows_hosts_engines_traffic_certificate_and_backups(dep
         time.sleep(3)
     assert figures["requests_per_minute"] > 0 and figures["tokens_per_second"] > 0, figures
     assert 0 <= figures["latency_p50_seconds"] <= figures["latency_p95_seconds"] < 5
-    # A number, not "unknown" (earlier tests restart the engine and the host, so some 5xx may be in the window).
+    # A number, not "unknown" (earlier tests restart the engine and the host: some 5xx may be in the window).
     assert figures["errors_per_minute"] >= 0
     assert {h["host"] for h in figures["hosts"]} == {name for name, _ in stack.hosts()}
     assert all(
@@ -615,8 +615,9 @@ def test_prometheus_in_a_real_browser_for_an_admin(deployed):
         driver.get(status["url"] + "prometheus/graph?g0.expr=up&g0.tab=1")
         sign_in_at_the_mock_provider(driver, "alice")
         WebDriverWait(driver, 30).until(lambda d: 'job="node"' in d.find_element(By.TAG_NAME, "body").text)
-        assert driver.current_url.startswith(status["url"] + "prometheus/graph")
         driver.save_screenshot(str(artifacts() / f"prometheus-{stack.topology}.png"))
+        # Debian's Prometheus serves its classic pages (prometheus/classic/graph).
+        assert driver.current_url.startswith(status["url"] + "prometheus/"), driver.current_url
         assert not csp_violations(driver)
     finally:
         driver.quit()
@@ -799,17 +800,24 @@ def test_acme_http01_certificate_from_pebble_and_renewal(deployed, tmp_path):
         assert "reloaded nginx for the renewed certificate" in journal
         # The timer's own unit runs renewals with the same trust; nothing is due, so it succeeds quietly.
         assert edge.exec_run(["systemctl", "start", "certbot.service"]).exit_code == 0
-        # A converge with the same settings changes nothing.
-        again = subprocess.run(
-            [
-                *("ansible-playbook", "-i", str(stack.inventory_dir), "site.yml", "-l", "edge1"),
-                *("-e", json.dumps(settings)),
-            ],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
+
+        # A converge with the same settings changes nothing after the first (which also re-points the
+        # monitoring's certificate probe at the system's CAs: the certificate is not from the internal CA).
+        def converge_edge() -> subprocess.CompletedProcess:
+            return subprocess.run(
+                [
+                    *("ansible-playbook", "-i", str(stack.inventory_dir), "site.yml", "-l", "edge1"),
+                    *("-e", json.dumps(settings)),
+                ],
+                cwd=REPO_ROOT,
+                capture_output=True,
+                text=True,
+                timeout=900,
+            )
+
+        first = converge_edge()
+        assert first.returncode == 0, first.stdout[-3000:]
+        again = converge_edge()
         assert again.returncode == 0, again.stdout[-3000:]
         assert re.search(r"edge1\s+:\s+ok=\d+\s+changed=0\s", again.stdout), again.stdout[-3000:]
         renewed = served()
