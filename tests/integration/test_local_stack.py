@@ -611,11 +611,15 @@ def test_prometheus_in_a_real_browser_for_an_admin(deployed):
         pytest.skip("one topology is enough: the route lives in the edge's nginx")
     status = endpoint(stack)
     driver = chromium(spki_pin("127.0.0.1", stack.https_port))
+    shot = artifacts() / f"prometheus-{stack.topology}.png"
     try:
         driver.get(status["url"] + "prometheus/graph?g0.expr=up&g0.tab=1")
         sign_in_at_the_mock_provider(driver, "alice")
-        WebDriverWait(driver, 30).until(lambda d: 'job="node"' in d.find_element(By.TAG_NAME, "body").text)
-        driver.save_screenshot(str(artifacts() / f"prometheus-{stack.topology}.png"))
+        try:
+            WebDriverWait(driver, 60).until(lambda d: 'job="node"' in d.find_element(By.TAG_NAME, "body").text)
+        finally:
+            driver.save_screenshot(str(shot))
+            shot.with_suffix(".html").write_text(driver.page_source)
         # Debian's Prometheus serves its classic pages (prometheus/classic/graph).
         assert driver.current_url.startswith(status["url"] + "prometheus/"), driver.current_url
         assert not csp_violations(driver)
