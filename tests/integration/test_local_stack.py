@@ -617,7 +617,7 @@ def test_prometheus_in_a_real_browser_for_an_admin(deployed):
         sign_in_at_the_mock_provider(driver, "alice")
         try:
             # The page queries once when it loads: any series of `up` proves the query ran through the edge.
-            WebDriverWait(driver, 60).until(lambda d: 'up{' in d.find_element(By.TAG_NAME, "body").text)
+            WebDriverWait(driver, 60).until(lambda d: "up{" in d.find_element(By.TAG_NAME, "body").text)
         finally:
             driver.save_screenshot(str(shot))
             shot.with_suffix(".html").write_text(driver.page_source)
