@@ -70,8 +70,10 @@ def usage(container, names: list[str], window: float = 30) -> dict[str, tuple[fl
         found = {}
         for line in out.splitlines():
             comm, rss, cpu = line.split()
-            if comm in names:
-                found[comm] = (int(rss), int(cpu))
+            # The kernel keeps 15 characters of a command's name.
+            for name in names:
+                if comm == name[:15]:
+                    found[name] = (int(rss), int(cpu))
         return found
 
     first = sample()
