@@ -17,6 +17,11 @@ from __future__ import annotations
 import ipaddress
 import re
 import shlex
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,3 +185,50 @@ def require(directory: Path) -> Path:
             "or pass INVENTORY=inventory/<stack>",
         )
     return hosts
+
+
+@contextmanager
+def forward(directory: Path, host: str, address: str, port: int, timeout: float = 30) -> Iterator[int]:
+    """An SSH forward, made with the inventory's ``ssh_config``, from a free local port to ``address:port`` as
+    ``host`` sees it (services that never listen on a public address). Yields the local port."""
+    from llmcloud.errors import UserError
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        local = probe.getsockname()[1]
+    ssh_config = directory / "ssh_config"
+    proc = subprocess.Popen(
+        [
+            "ssh",
+            *(["-F", str(ssh_config)] if ssh_config.is_file() else []),
+            *("-N", "-o", "ExitOnForwardFailure=yes", "-o", "BatchMode=yes", "-o", "ConnectTimeout=15"),
+            *("-L", f"127.0.0.1:{local}:{address}:{port}", host),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                why = (proc.stderr.read() or "").strip()[-300:]
+                raise UserError(f"cannot reach {host} over SSH: {why}", f"check `ssh -F {ssh_config} {host}`")
+            try:
+                socket.create_connection(("127.0.0.1", local), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise UserError(
+                        f"the SSH forward to {address}:{port} on {host} did not open within {timeout:.0f}s",
+                        f"check `ssh -F {ssh_config} {host}`",
+                    ) from None
+                time.sleep(0.2)
+        yield local
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 import subprocess
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from contextlib import contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,52 +101,6 @@ def target(inventory_dir: Path) -> Target:
         path=str(mine.get("monitoring_prometheus_path") or "/prometheus/"),
         hostvars=hostvars,
     )
-
-
-@contextmanager
-def forward(inventory_dir: Path, where: Target, timeout: float = 30):
-    """An SSH forward from a free local port to Prometheus; yields its base URL."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        local = probe.getsockname()[1]
-    ssh_config = inventory_dir / "ssh_config"
-    proc = subprocess.Popen(
-        [
-            "ssh",
-            *(["-F", str(ssh_config)] if ssh_config.is_file() else []),
-            *("-N", "-o", "ExitOnForwardFailure=yes", "-o", "BatchMode=yes", "-o", "ConnectTimeout=15"),
-            *("-L", f"127.0.0.1:{local}:{where.address}:{where.port}", where.host),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                why = (proc.stderr.read() or "").strip()[-300:]
-                raise UserError(
-                    f"cannot reach the monitoring host {where.host} over SSH: {why}",
-                    f"check `ssh -F {ssh_config} {where.host}`, or pass --prometheus-url",
-                )
-            try:
-                socket.create_connection(("127.0.0.1", local), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise UserError(
-                        f"the SSH forward to {where.host} did not open within {timeout:.0f}s",
-                        "check the host, or pass --prometheus-url",
-                    ) from None
-                time.sleep(0.2)
-        yield f"http://127.0.0.1:{local}{where.path}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 class Prometheus:
@@ -306,5 +258,13 @@ def status(inventory_dir: Path, prometheus_url: str | None = None) -> dict[str, 
     where = target(inventory_dir)
     if prometheus_url:
         return collect(Prometheus(prometheus_url), where.hostvars)
-    with forward(inventory_dir, where) as url:
-        return collect(Prometheus(url), where.hostvars)
+    with ExitStack() as cleanup:
+        try:
+            local = cleanup.enter_context(
+                inventory.forward(inventory_dir, where.host, where.address, where.port)
+            )
+        except UserError as err:
+            raise UserError(
+                f"the monitoring host: {err.cause}", f"{err.fix}, or pass --prometheus-url"
+            ) from None
+        return collect(Prometheus(f"http://127.0.0.1:{local}{where.path}"), where.hostvars)

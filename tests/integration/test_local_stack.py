@@ -23,7 +23,7 @@ import yaml
 from cryptography import x509
 from helpers import endpoint
 
-from llmcloud import REPO_ROOT, converge, verify
+from llmcloud import REPO_ROOT, converge, inventory, verify
 from llmcloud.local import system
 from llmcloud.local.login import browser_login, session
 from llmcloud.local.login import id_token as idp_token
@@ -133,38 +133,8 @@ def engine_host(stack: LocalStack) -> tuple[str, str]:
 @contextmanager
 def tunnel(stack: LocalStack, host: str, address: str, port: int = 8080):
     """An SSH forward from this machine to the engine, which never listens on a public address."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        local = probe.getsockname()[1]
-    proc = subprocess.Popen(
-        [
-            "ssh",
-            "-F",
-            str(stack.inventory_dir / "ssh_config"),
-            "-N",
-            "-o",
-            "ExitOnForwardFailure=yes",
-            "-L",
-            f"127.0.0.1:{local}:{address}:{port}",
-            host,
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", local), timeout=1).close()
-                break
-            except OSError:
-                assert proc.poll() is None, proc.stderr.read().decode()
-                time.sleep(0.2)
+    with inventory.forward(stack.inventory_dir, host, address, port, timeout=20) as local:
         yield f"http://127.0.0.1:{local}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def wait_serving(base_url: str, timeout: float) -> float:
