@@ -108,6 +108,7 @@ bench: venv ## print timings: make local, no-op converge; engine roles and recov
 	$(BIN)/python bench/timings.py
 	$(BIN)/python bench/engine.py
 	$(BIN)/python bench/edge.py
+	$(BIN)/python bench/routing.py
 	$(BIN)/python bench/backup.py
 	$(BIN)/python bench/monitoring.py
 	$(BIN)/python bench/provision.py

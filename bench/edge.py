@@ -37,10 +37,10 @@ sys.path.insert(0, str(ROOT))
 from llmcloud import converge  # noqa: E402
 from llmcloud.local import system  # noqa: E402
 from llmcloud.local.login import browser_login, id_token  # noqa: E402
-from llmcloud.local.stack import CLIENT_ID, LocalStack, load  # noqa: E402
+from llmcloud.local.stack import CLIENT_ID, DOUBLE_MODEL, LocalStack, load  # noqa: E402
 from llmcloud.progress import Progress  # noqa: E402
 
-BODY = {"model": "x", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}
+BODY = {"model": DOUBLE_MODEL, "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}
 DIRECT = "http://127.0.0.1:8080/v1/chat/completions"
 EDGE = "https://127.0.0.1/v1/chat/completions"
 UNLIMITED = {
@@ -64,14 +64,16 @@ class Host:
             raise RuntimeError(f"{' '.join(argv[:3])}… failed ({code}): {text[-2000:]}")
         return text
 
-    def prepare(self) -> None:
+    def prepare(self, body: dict = BODY, path: str = "/tmp/bench-body.json") -> None:
         self.sh("sh", "-c", "command -v ab >/dev/null || apt-get install -y -qq apache2-utils >/dev/null")
-        self.sh("sh", "-c", f"printf '%s' '{json.dumps(BODY)}' > /tmp/bench-body.json")
+        self.sh("sh", "-c", f"printf '%s' '{json.dumps(body)}' > {path}")
 
-    def ab(self, url: str, headers: dict[str, str], concurrency: int) -> dict:
+    def ab(
+        self, url: str, headers: dict[str, str], concurrency: int, body: str = "/tmp/bench-body.json"
+    ) -> dict:
         n = min(20000, max(2000, 40 * concurrency))
         argv = ["ab", "-k", "-l", "-q", "-n", str(n), "-c", str(concurrency), "-s", "60"]
-        argv += ["-p", "/tmp/bench-body.json", "-T", "application/json", "-e", "/tmp/bench.csv"]
+        argv += ["-p", body, "-T", "application/json", "-e", "/tmp/bench.csv"]
         for name, value in headers.items():
             argv += ["-H", f"{name}: {value}"]
         out = self.sh(*argv, url)

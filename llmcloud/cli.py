@@ -1,6 +1,6 @@
 """The `llmcloud` command: local target hosts, converge and verify.
 
-llmcloud local up [--topology single|split] [--engines N] [--hosts-only]
+llmcloud local up [--topology single|split] [--engines N] [--extra-model NAME] [--hosts-only]
 llmcloud local down | status [--json]
 llmcloud converge [-i inventory/<stack>]
 llmcloud verify   [-i inventory/<stack>]
@@ -61,6 +61,15 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="port of the local identity provider, on the stack's gateway (9400)",
+    )
+    up.add_argument(
+        "--extra-model",
+        dest="extra_models",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="one more model on every engine host (an engine TEST DOUBLE under this name), picked by the "
+        "request's model field at the edge; repeat for more",
     )
     up.add_argument("--hosts-only", action="store_true", help="start hosts and write the inventory only")
     down = lsub.add_parser("down", help="remove the hosts, network, volumes and inventory of a stack")
@@ -296,7 +305,7 @@ def _local_stack(args):
     from llmcloud.local.stack import load
 
     stack = load(args.stack, args.inventory_root)
-    keys = ("topology", "engines", "ssh_port", "http_port", "https_port", "idp_port")
+    keys = ("topology", "engines", "ssh_port", "http_port", "https_port", "idp_port", "extra_models")
     overrides = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
     if overrides.get("topology") == "single" and "engines" not in overrides:
         overrides["engines"] = 1

@@ -72,6 +72,8 @@ class EngineKind(StrEnum):
     tgi = "tgi"
     vllm = "vllm"
     ollama = "ollama"
+    #: text-embeddings-inference: embeddings only (e.g. one of `models`, next to the chat model).
+    tei = "tei"
 
 
 class AuthProvider(StrEnum):
@@ -228,6 +230,12 @@ class Engine(_Model):
         if self.max_input_tokens and self.max_total_tokens and self.max_input_tokens >= self.max_total_tokens:
             raise ValueError("maxInputTokens must be smaller than maxTotalTokens")
         return self
+
+
+class ExtraModel(Engine):
+    """One more model (`models:`): its own engine container on each engine VM, picked by `model`."""
+
+    model_id: str
 
 
 LIFESCIENCE_ISSUER = "https://login.aai.lifescience-ri.eu/oidc/"
@@ -397,6 +405,8 @@ class StackConfig(_Model):
     engine_node: EngineNode = EngineNode()
     edge_node: EdgeNode = EdgeNode()
     engine: Engine = Engine()
+    #: More models next to `engine` (e.g. an embeddings model): clients pick one by the request's `model`.
+    models: list[ExtraModel] = Field(default=[], max_length=8)
     auth: Auth
     tls: Tls = Field(default={}, validate_default=True)  # validated: acme modes need acmeEmail
     backup: Backup = Backup()
@@ -490,6 +500,13 @@ class StackConfig(_Model):
         if self.backup.target != BackupTarget.none and self.restic_password is None:
             problems.append(
                 "backup.target needs resticPassword: pulumi config set --secret resticPassword ..."
+            )
+        names = [self.engine.model_id] + [m.model_id for m in self.models]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            problems.append(
+                f"models: {', '.join(twice)} served twice (engine.modelId and models[].modelId name "
+                "one model each; clients pick by that name)"
             )
         if self.oauth_client_secret is None:
             problems.append("oauthClientSecret is required: pulumi config set --secret oauthClientSecret ...")

@@ -178,7 +178,9 @@ def summarize(raw: dict[str, list], alerts: list[dict], hostvars: dict[str, dict
             "model": s["metric"].get("model"),
             "ready": _value(s) == 1,
         }
-        for s in sorted(raw.get("engines", []), key=lambda s: s["metric"].get("host", ""))
+        for s in sorted(
+            raw.get("engines", []), key=lambda s: (s["metric"].get("host", ""), s["metric"].get("model", ""))
+        )
     ]
     tokens = _scalar(raw.get("tokens_per_second", []))
     costs = [float(v["llmcloud_cost_per_hour"]) for v in hostvars.values() if v.get("llmcloud_cost_per_hour")]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import secrets
 import shutil
 import socket
@@ -69,6 +70,12 @@ DEMO_USERS = [
     {"sub": "mallory", "email": "mallory@elsewhere.test", "email_verified": True, "groups": []},
 ]
 CLIENT_ID = "llmcloud-local"
+#: The model name of the main engine TEST DOUBLE, and what names of more models (--extra-model) may look like.
+DOUBLE_MODEL = "llmcloud/engine-test-double"
+MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}(/[a-z0-9][a-z0-9._-]{0,63})?$")
+#: Engine ports of more models: 8081, 8082, ... (the main engine has 8080).
+EXTRA_MODEL_PORT = 8081
+DOUBLE_HEALTHCHECK = ["CMD", "/engine-double", "-healthcheck", "--port", "80"]
 PEER_LABEL = "llmcloud.peer"  # a container of the stack that is not a target host
 BACKUP_MOUNT = "/srv/backup"
 
@@ -85,9 +92,20 @@ class LocalStack:
     #: Lifetime of the identity provider's tokens (seconds).
     idp_token_max_age: int = 3600
     inventory_root: Path = REPO_ROOT / "inventory"
+    #: More models (llmcloud_extra_models), each one more engine TEST DOUBLE per engine host under this name.
+    extra_models: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.inventory_root = Path(self.inventory_root).resolve()
+        self.extra_models = tuple(self.extra_models)
+        for name in self.extra_models:
+            if not MODEL_NAME.match(name) or name == DOUBLE_MODEL:
+                raise UserError(
+                    f"--extra-model {name!r} is not a usable model name",
+                    f"use a name like llmcloud/embeddings-double, other than {DOUBLE_MODEL}",
+                )
+        if len(set(self.extra_models)) != len(self.extra_models):
+            raise UserError("--extra-model names a model twice", "give each model once")
         if self.topology not in TOPOLOGIES:
             raise UserError(
                 f"--topology {self.topology!r} is not known",
@@ -431,9 +449,21 @@ class LocalStack:
                 ],
                 "llm_engine_kind": "tgi",
                 "llm_engine_image": self._double[0],
-                "llm_engine_model_id": "llmcloud/engine-test-double",
-                "llm_engine_healthcheck_test": ["CMD", "/engine-double", "-healthcheck", "--port", "80"],
+                "llm_engine_model_id": DOUBLE_MODEL,
+                "llm_engine_healthcheck_test": DOUBLE_HEALTHCHECK,
                 "llm_engine_health_timeout": 300,
+                # More models: one more TEST DOUBLE per name on every engine host, routed by the edge.
+                "llmcloud_extra_models": [
+                    {
+                        "model_id": model,
+                        "port": EXTRA_MODEL_PORT + i,
+                        "hosts": [n for n, groups in self.hosts() if "llm" in groups],
+                        "image": self._double[0],
+                        "healthcheck_test": DOUBLE_HEALTHCHECK,
+                        "health_timeout": 300,
+                    }
+                    for i, model in enumerate(self.extra_models)
+                ],
                 # The edge: https://localhost:<https_port>/ with a certificate from an internal CA that names
                 # localhost, exported for clients; login through the local identity provider.
                 "llmcloud_domain": "localhost",

@@ -39,6 +39,20 @@ def group_vars(cfg: StackConfig) -> dict[str, Any]:
         "llm_engine_max_input_tokens": cfg.engine.max_input_tokens,
         "llm_engine_max_total_tokens": cfg.engine.max_total_tokens,
         "llm_engine_port": ENGINE_PORT,
+        # More models: ports after the main engine's, on every engine VM (hosts added with the inventory).
+        "llmcloud_extra_models": [
+            {
+                "model_id": m.model_id,
+                "kind": m.kind,
+                "port": ENGINE_PORT + i,
+                **({"revision": m.revision} if m.revision else {}),
+                **({"quantize": m.quantize} if m.quantize else {}),
+                **({"max_input_tokens": m.max_input_tokens} if m.max_input_tokens else {}),
+                **({"max_total_tokens": m.max_total_tokens} if m.max_total_tokens else {}),
+            }
+            for i, m in enumerate(cfg.models, start=1)
+        ]
+        or None,
         "llm_engine_data_dir": DATA_MOUNT,
         "certbot_mode": cfg.tls.mode,
         "certbot_email": cfg.tls.acme_email,
@@ -62,6 +76,13 @@ def group_vars(cfg: StackConfig) -> dict[str, Any]:
         "nginx_admin_emails": list(cfg.monitoring.admins),
         "nginx_admin_groups": list(cfg.monitoring.admin_groups),
     }
+
+
+def _served_by(cfg: StackConfig, names: list[str]) -> dict[str, Any]:
+    """More models run on every engine VM: their `hosts`, now that the VMs are known."""
+    models = group_vars(cfg)["llmcloud_extra_models"]
+    engines = [name for name in names if name != "edge1"]
+    return {"llmcloud_extra_models": [{**m, "hosts": engines} for m in models]} if models else {}
 
 
 def _backup_vars(target: BackupTarget, repository: str) -> dict[str, str]:
@@ -112,7 +133,7 @@ def program(
     split = cfg.topology == Topology.split
 
     network = Network(prefix, cfg.network)
-    groups = SecurityGroups(prefix, cfg.admin_cidrs)
+    groups = SecurityGroups(prefix, cfg.admin_cidrs, [ENGINE_PORT + i for i in range(1, len(cfg.models) + 1)])
     if cfg.ssh_public_key:
         keypair = openstack.compute.Keypair(
             f"{prefix}-key", name=f"{prefix}-key", public_key=cfg.ssh_public_key
@@ -217,7 +238,11 @@ def program(
             known_hosts_file=str((inventory_dir / "ssh" / "known_hosts").resolve()),
             strict_host_key_checking="accept-new",
             proxy_jump=cfg.reach.jump_host,
-            vars={k: v for k, v in {**group_vars(cfg), **extra}.items() if v is not None},
+            vars={
+                k: v
+                for k, v in {**group_vars(cfg), **extra, **_served_by(cfg, names)}.items()
+                if v is not None
+            },
         )
         return inv, entry_address
 

@@ -10,7 +10,7 @@ import ipaddress
 import pulumi
 import pulumi_openstack as openstack
 
-from llmcloud.provision import ENGINE_PORT
+from llmcloud.provision import DCGM_EXPORTER_PORT, ENGINE_PORT, NODE_EXPORTER_PORT
 
 
 def _ethertype(cidr: str) -> str:
@@ -22,7 +22,13 @@ class SecurityGroups(pulumi.ComponentResource):
     edge: openstack.networking.SecGroup
     engine: openstack.networking.SecGroup
 
-    def __init__(self, name: str, admin_cidrs: list[str], opts: pulumi.ResourceOptions | None = None):
+    def __init__(
+        self,
+        name: str,
+        admin_cidrs: list[str],
+        extra_engine_ports: list[int] | None = None,
+        opts: pulumi.ResourceOptions | None = None,
+    ):
         super().__init__("llmcloud:provision:SecurityGroups", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
 
@@ -57,6 +63,12 @@ class SecurityGroups(pulumi.ComponentResource):
 
         self.engine = group("engine", "llmcloud: inference engine, reachable from the edge only")
         rule("engine-from-edge", self.engine.id, ENGINE_PORT, remote_group=self.edge.id)
+        # More models (`models:`): each engine container on a port of its own.
+        for port in extra_engine_ports or []:
+            rule(f"engine-{port}-from-edge", self.engine.id, port, remote_group=self.edge.id)
+        # Prometheus runs on the edge (role monitoring) and scrapes the engine VMs' exporters.
+        rule("node-exporter-from-edge", self.engine.id, NODE_EXPORTER_PORT, remote_group=self.edge.id)
+        rule("dcgm-exporter-from-edge", self.engine.id, DCGM_EXPORTER_PORT, remote_group=self.edge.id)
         # Engine VMs without a public address are reached through the edge (ProxyJump).
         rule("ssh-from-edge", self.engine.id, 22, remote_group=self.edge.id)
         self.register_outputs({"ssh": self.ssh.id, "edge": self.edge.id, "engine": self.engine.id})

@@ -90,3 +90,39 @@ def test_no_secret_in_inspect_or_readable_by_others(host, hostvars, engine):
 def test_metrics_port_not_published(engine):
     published = {p.split("/")[0] for p in engine["HostConfig"]["PortBindings"]}
     assert "9000" not in published  # TGI's Prometheus port stays inside
+
+
+def test_more_models_run_privately_each_in_its_own_engine(host, hostvars):
+    """llmcloud_extra_models: each model meant for this host has its engine, healthy, on its port, private."""
+    if not in_group(hostvars, "llm"):
+        pytest.skip("not an engine host")
+    here = hostvars["inventory_hostname"]
+    models = [m for m in hostvars.get("llmcloud_extra_models") or [] if here in m.get("hosts", [])]
+    if not models:
+        pytest.skip("this host serves no more models (llmcloud_extra_models)")
+    address = "127.0.0.1" if in_group(hostvars, "edge") else hostvars["private_ip"]
+    main_port = int(hostvars.get("llm_engine_port", 8080))
+    assert len({main_port, *(int(m["port"]) for m in models)}) == len(models) + 1, "two engines share a port"
+    for model in models:
+        name = model.get("container_name", f"llm-engine-{model['port']}")
+        engine = json.loads(host.check_output("docker inspect %s", name))[0]
+        assert engine["State"]["Running"] and engine["State"]["Health"]["Status"] == "healthy", name
+        assert engine["Config"]["Labels"]["org.llmcloud.model"] == model["model_id"]
+        bindings = {b["HostIp"] for ports in engine["HostConfig"]["PortBindings"].values() for b in ports}
+        assert bindings == {address}, f"{name} published on {bindings}, expected only {address}"
+        assert host.socket(f"tcp://{address}:{model['port']}").is_listening
+        assert not host.socket(f"tcp://0.0.0.0:{model['port']}").is_listening
+
+
+def test_no_engine_left_of_a_removed_model(host, hostvars):
+    """An engine container of a model taken out of llmcloud_extra_models does not keep running."""
+    if not in_group(hostvars, "llm"):
+        pytest.skip("not an engine host")
+    here = hostvars["inventory_hostname"]
+    models = [m for m in hostvars.get("llmcloud_extra_models") or [] if here in m.get("hosts", [])]
+    expected = {hostvars.get("llm_engine_container_name", "llm-engine")} | {
+        m.get("container_name", f"llm-engine-{m['port']}") for m in models
+    }
+    listing = "docker ps -a --filter label=org.llmcloud.role=llm_engine --format '{{.Names}}'"
+    running = set(host.check_output(listing).split())
+    assert running == expected

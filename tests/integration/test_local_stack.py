@@ -27,11 +27,12 @@ from llmcloud import REPO_ROOT, converge, inventory, verify
 from llmcloud.local import system
 from llmcloud.local.login import browser_login, session
 from llmcloud.local.login import id_token as idp_token
-from llmcloud.local.stack import CLIENT_ID, LABEL, PEER_LABEL, LocalStack
+from llmcloud.local.stack import CLIENT_ID, DOUBLE_MODEL, LABEL, PEER_LABEL, LocalStack
 from llmcloud.progress import Progress
 
 pytestmark = pytest.mark.integration
 
+EMBEDDINGS_MODEL = "llmcloud/embeddings-double"
 TOPOLOGIES = {
     "single": {
         "topology": "single",
@@ -49,6 +50,8 @@ TOPOLOGIES = {
         "idp_port": 42291,
         # Short-lived tokens, so a test can see one expire.
         "idp_token_max_age": 20,
+        # A second model (an embeddings engine, as RAG tools want) on both engine hosts, routed by "model".
+        "extra_models": (EMBEDDINGS_MODEL,),
     },
 }
 
@@ -168,7 +171,7 @@ def test_real_clients_generate_and_stream(deployed):
 
         client = OpenAI(base_url=f"{url}/v1", api_key="unused")
         model = client.models.list().data[0].id
-        assert model == "llmcloud/engine-test-double"  # the model id the role passed to the engine
+        assert model == DOUBLE_MODEL  # the model id the role passed to the engine
         chat = client.chat.completions.create(
             model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=5
         )
@@ -241,7 +244,12 @@ def test_browser_login_reaches_the_engine_and_streams(deployed):
     )
     reply = s.post(
         status["openai_base_url"] + "/chat/completions",
-        json={"model": "x", "stream": True, "max_tokens": 6, "messages": [{"role": "user", "content": "hi"}]},
+        json={
+            "model": DOUBLE_MODEL,
+            "stream": True,
+            "max_tokens": 6,
+            "messages": [{"role": "user", "content": "hi"}],
+        },
         stream=True,
         timeout=30,
     )
@@ -308,11 +316,80 @@ def test_tgi_client_and_embeddings_through_the_edge_with_an_api_key(deployed, mo
 
     with DefaultHttpxClient(verify=status["ca_bundle"], trust_env=False, timeout=30) as http:
         client = OpenAI(base_url=status["openai_base_url"], api_key=status["api_key"], http_client=http)
-        vectors = client.embeddings.create(model="any", input=["de.NBI cloud", "de.NBI cloud", "Berlin"]).data
+        vectors = client.embeddings.create(
+            model=DOUBLE_MODEL, input=["de.NBI cloud", "de.NBI cloud", "Berlin"]
+        ).data
     assert [v.index for v in vectors] == [0, 1, 2] and len(vectors[0].embedding) > 0
     assert vectors[0].embedding == vectors[1].embedding != vectors[2].embedding
     anonymous = s.post(status["openai_base_url"] + "/embeddings", json={"input": "x"}, timeout=20)
     assert anonymous.status_code == 401
+
+
+def test_several_models_picked_by_the_model_field_with_the_openai_client(deployed):
+    """llmcloud_extra_models: chat on one engine, embeddings on another, chosen by the request's "model"."""
+    from openai import DefaultHttpxClient, NotFoundError, OpenAI
+
+    stack, _ = deployed
+    if not stack.extra_models:
+        pytest.skip("this stack serves one model; the split stack serves two")
+    status = endpoint(stack)
+    hi = [{"role": "user", "content": "hi"}]
+    with DefaultHttpxClient(verify=status["ca_bundle"], trust_env=False, timeout=30) as http:
+        client = OpenAI(base_url=status["openai_base_url"], api_key=status["api_key"], http_client=http)
+        assert [m.id for m in client.models.list().data] == [DOUBLE_MODEL, EMBEDDINGS_MODEL]
+        # Each test double answers with its own model id: the answer shows which engine served it.
+        assert (
+            client.chat.completions.create(model=DOUBLE_MODEL, messages=hi, max_tokens=3).model
+            == DOUBLE_MODEL
+        )
+        vectors = client.embeddings.create(model=EMBEDDINGS_MODEL, input=["de.NBI", "de.NBI", "Berlin"])
+        assert vectors.model == EMBEDDINGS_MODEL and len(vectors.data) == 3
+        assert vectors.data[0].embedding == vectors.data[1].embedding != vectors.data[2].embedding
+        chunks = list(
+            client.chat.completions.create(model=EMBEDDINGS_MODEL, messages=hi, max_tokens=6, stream=True)
+        )
+        assert len(chunks) >= 6 and {c.model for c in chunks} == {EMBEDDINGS_MODEL}  # streamed, routed
+        with pytest.raises(NotFoundError) as unknown:
+            client.chat.completions.create(model="no/such-model", messages=hi, max_tokens=1)
+        assert "no/such-model" in str(unknown.value)
+        assert DOUBLE_MODEL in str(unknown.value) and EMBEDDINGS_MODEL in str(unknown.value)
+
+    s = session(status["ca_bundle"])
+    url = status["openai_base_url"] + "/chat/completions"
+    auth = {"Authorization": f"Bearer {status['api_key']}"}
+    no_model = s.post(url, headers=auth, json={"messages": hi, "max_tokens": 2}, timeout=20)
+    assert no_model.status_code == 200 and no_model.json()["model"] == DOUBLE_MODEL  # the main engine
+    anonymous = s.post(url, json={"model": EMBEDDINGS_MODEL, "messages": hi, "max_tokens": 2}, timeout=20)
+    assert anonymous.status_code == 401  # the login comes before any routing
+
+    # Both engine hosts serve the second model: with its engine stopped on one, it is still served.
+    host = system.docker_client().containers.get(stack.container_name("llm1"))
+    engine = f"llm-engine-{stack_port(stack, EMBEDDINGS_MODEL)}"
+    assert host.exec_run(["docker", "stop", engine]).exit_code == 0
+    try:
+        body = {"model": EMBEDDINGS_MODEL, "input": "x"}
+        for _ in range(4):
+            reply = s.post(status["openai_base_url"] + "/embeddings", headers=auth, json=body, timeout=20)
+            assert reply.status_code == 200 and reply.json()["model"] == EMBEDDINGS_MODEL
+    finally:
+        assert host.exec_run(["docker", "start", engine]).exit_code == 0
+        wait_healthy(host, engine)
+
+
+def stack_port(stack: LocalStack, model: str) -> int:
+    """The engine port of one of the stack's more models (llmcloud_extra_models in its inventory)."""
+    main = yaml.safe_load((stack.inventory_dir / "group_vars" / "all" / "00-llmcloud.yml").read_text())
+    return next(m["port"] for m in main["llmcloud_extra_models"] if m["model_id"] == model)
+
+
+def wait_healthy(host, container: str, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = host.exec_run(["docker", "inspect", "-f", "{{.State.Health.Status}}", container]).output
+        if state.strip() == b"healthy":
+            return
+        time.sleep(2)
+    raise AssertionError(f"{container} not healthy after {timeout}s")
 
 
 def test_bearer_jwts_right_audience_only_signed_only_unexpired_only(deployed):
@@ -458,7 +535,7 @@ def test_access_log_keeps_no_prompt_and_no_full_address(deployed):
     reply = s.post(
         status["openai_base_url"] + f"/chat/completions?note={secret}",
         headers={"Authorization": f"Bearer {status['api_key']}"},
-        json={"model": "x", "messages": [{"role": "user", "content": secret}], "max_tokens": 2},
+        json={"model": DOUBLE_MODEL, "messages": [{"role": "user", "content": secret}], "max_tokens": 2},
         timeout=20,
     )
     assert reply.status_code == 200
@@ -489,7 +566,7 @@ def test_llmcloud_status_shows_hosts_engines_traffic_certificate_and_backups(dep
     status = endpoint(stack)
     s = session(status["ca_bundle"])
     auth = {"Authorization": f"Bearer {status['api_key']}"}
-    body = {"model": "x", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    body = {"model": DOUBLE_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
     deadline, figures = time.monotonic() + 90, {}
     while time.monotonic() < deadline:
         for _ in range(3):
@@ -512,8 +589,9 @@ def test_llmcloud_status_shows_hosts_engines_traffic_certificate_and_backups(dep
         h["up"] and h["backup_age_hours"] is not None and not h["backup_failed"] for h in figures["hosts"]
     )
     engines = [name for name, groups in stack.hosts() if "llm" in groups]
-    assert [e["host"] for e in figures["engines"]] == sorted(engines)
-    assert all(e["ready"] and e["model"] == "llmcloud/engine-test-double" for e in figures["engines"])
+    served = sorted((h, m) for h in engines for m in (DOUBLE_MODEL, *stack.extra_models))
+    assert [(e["host"], e["model"]) for e in figures["engines"]] == served
+    assert all(e["ready"] for e in figures["engines"])
     assert figures["healthz_ok"] is True and figures["gpu"] is False
     assert 300 < figures["certificate_days_left"] <= 366  # the internal CA's edge certificate, a year
     assert figures["cost_per_hour"] is None

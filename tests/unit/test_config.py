@@ -110,6 +110,11 @@ BAD = [
     ({"engine": {"kind": "tgi", "modelId": "just-a-name"}}, "llmcloud:engine"),
     ({"engine": {"kind": "ollama", "modelId": "Qwen/Qwen 2"}}, "llmcloud:engine"),
     ({"engine": {"maxInputTokens": 4096, "maxTotalTokens": 2048}}, "maxInputTokens"),
+    ({"models": [{"kind": "tei"}]}, "llmcloud:models.0.modelId: is required"),
+    ({"models": [{"kind": "tei", "modelId": "no-org"}]}, "llmcloud:models.0"),
+    ({"models": [{"modelId": "Qwen/Qwen2.5-1.5B-Instruct"}]}, "served twice"),
+    ({"models": [{"modelId": "a/b"}, {"kind": "tei", "modelId": "a/b"}]}, "a/b served twice"),
+    ({"models": [{"modelId": f"a/m{i}"} for i in range(9)]}, "llmcloud:models"),
     ({"auth": {"provider": "keycloak", "clientId": "x"}}, "llmcloud:auth.provider"),
     ({"auth": {"provider": "oidc", "clientId": "x", "allowedEmailDomains": ["*"]}}, "issuerUrl"),
     (

@@ -288,6 +288,30 @@ def test_monitoring_settings_cost_and_alert_webhook_reach_the_inventory(tmp_path
     assert secrets["monitoring_alert_webhook"] == "https://hooks.example.org/T0K3N"
 
 
+def test_more_models_reach_the_inventory_with_their_hosts_and_open_ports(tmp_path):
+    mocks, _, inv = deploy(
+        tmp_path,
+        **SPLIT,
+        models=[
+            {"kind": "tei", "modelId": "BAAI/bge-small-en-v1.5"},
+            {"kind": "vllm", "modelId": "org/coder"},
+        ],
+    )
+    main = yaml.safe_load((inv / "group_vars" / "all" / "00-llmcloud.yml").read_text())
+    engines = ["llm1", "llm2"]
+    assert main["llmcloud_extra_models"] == [
+        {"model_id": "BAAI/bge-small-en-v1.5", "kind": "tei", "port": ENGINE_PORT + 1, "hosts": engines},
+        {"model_id": "org/coder", "kind": "vllm", "port": ENGINE_PORT + 2, "hosts": engines},
+    ]
+    # Each engine port, and the exporters Prometheus scrapes, from the edge group only.
+    engine, edge = group_id(mocks, "-engine"), group_id(mocks, "-edge")
+    from_edge = {r["portRangeMin"] for r in rules(mocks) if r.get("remoteGroupId") == edge}
+    assert {ENGINE_PORT, ENGINE_PORT + 1, ENGINE_PORT + 2, 9100, 9400} <= from_edge
+    assert all(r["securityGroupId"] == engine for r in rules(mocks) if r.get("remoteGroupId") == edge)
+    _, _, plain = deploy(tmp_path / "one", **SPLIT)
+    assert "llmcloud_extra_models" not in (plain / "group_vars" / "all" / "00-llmcloud.yml").read_text()
+
+
 def test_configure_resource_follows_the_switch(tmp_path):
     mocks, _, _ = deploy(tmp_path)
     assert len(mocks.of_type("pulumi-python:dynamic:Resource")) == 1

@@ -178,3 +178,57 @@ def test_a_bad_key_limit_names_the_key_and_the_field(limit):
         api_keys.llmcloud_api_key_entry({"name": "lab", "key": "llmc_" + "x" * 40, **limit})
     assert "oauth2_proxy_api_keys[lab]" in str(err.value) and next(iter(limit)) in str(err.value)
     assert "llmc_" not in str(err.value)
+
+
+upstreams = load("nginx", "nginx_upstreams")
+engines = load("monitoring", "engines")
+
+HOSTVARS = {"edge1": {"private_ip": "10.0.0.10"}, "llm1": {"private_ip": "10.0.0.11"}, "llm2": {}}
+
+
+def test_each_more_model_gets_its_own_pool_and_the_main_engine_keeps_its_names():
+    hostvars = {**HOSTVARS, "llm2": {"private_ip": "10.0.0.12"}}
+    models = [
+        {"model_id": "BAAI/bge-small-en-v1.5", "port": 8081, "hosts": ["llm1", "llm2"], "kind": "tei"},
+        {"model_id": "org/coder", "port": 8082, "hosts": ["llm2"]},
+    ]
+    plan = upstreams.llmcloud_model_pools(
+        models, ["Qwen/Qwen2.5", "sql-lora"], hostvars, "edge1", ["llm1", "llm2"]
+    )
+    assert plan["routes"] == {"Qwen/Qwen2.5": 0, "sql-lora": 0, "BAAI/bge-small-en-v1.5": 1, "org/coder": 2}
+    assert [p["servers"] for p in plan["pools"]] == [["10.0.0.11:8081", "10.0.0.12:8081"], ["10.0.0.12:8082"]]
+    assert plan["configured"] == [["Qwen/Qwen2.5", "sql-lora"], ["BAAI/bge-small-en-v1.5"], ["org/coder"]]
+    # A host that is its own edge reaches its engines on 127.0.0.1.
+    single = [{"model_id": "e/embed", "port": 8081, "hosts": ["node1"]}]
+    plan = upstreams.llmcloud_model_pools(single, ["m/a"], {"node1": {}}, "node1", ["node1"])
+    assert plan["pools"][0]["servers"] == ["127.0.0.1:8081"]
+
+
+@pytest.mark.parametrize(
+    ("models", "named"),
+    [
+        ([{"model_id": "a/b", "port": 8081}], "lacks hosts"),
+        ([{"model_id": "m/main", "port": 8081, "hosts": ["llm1"]}], "served twice"),
+        ([{"model_id": "a/b", "port": 8081, "hosts": ["llm9"]}], "unknown: ['llm9']"),
+        ([{"model_id": "a/b", "port": 8081, "hosts": []}], "hosts must name hosts of group llm"),
+        (["a/b"], "must be a mapping"),
+    ],
+)
+def test_bad_models_are_refused_naming_the_entry(models, named):
+    with pytest.raises(upstreams.AnsibleFilterError, match="nginx_models\\[0\\]") as refused:
+        upstreams.llmcloud_model_pools(models, ["m/main"], HOSTVARS, "edge1", ["llm1", "llm2"])
+    assert named in str(refused.value)
+
+
+def test_prometheus_watches_every_engine_and_probes_those_without_metrics():
+    hostvars = {
+        "llm1": {"llm_engine_kind": "vllm", "llm_engine_model_id": "m/chat", "llm_engine_port": 8080},
+        "llm2": {"llm_engine_kind": "ollama", "llm_engine_model_id": "llama3.1:8b"},
+    }
+    models = [{"model_id": "e/embed", "kind": "tei", "port": 8081, "hosts": ["llm2"]}]
+    found = engines.llmcloud_engine_targets(["llm1", "llm2"], hostvars, models, 8080)
+    assert found == [
+        {"host": "llm1", "port": 8080, "kind": "vllm", "model": "m/chat", "probe": None},
+        {"host": "llm2", "port": 8080, "kind": "ollama", "model": "llama3.1:8b", "probe": "/"},
+        {"host": "llm2", "port": 8081, "kind": "tei", "model": "e/embed", "probe": "/health"},
+    ]
