@@ -331,10 +331,13 @@ def _print_summary(status: dict) -> None:
         admin = status["login"]["user"]
         print(f"  metrics:   {status['url']}prometheus/  (Prometheus; {admin} is its admin here)")
         print(f"  API key:   llmcloud local status --json --stack {status['stack']} | jq -r .api_key")
-        print("  try:       key=$(llmcloud local status --json | jq -r .api_key)")
+        if len(status["models"]) > 1:
+            print(f'  models:    {", ".join(status["models"])}  (the request\'s "model" picks one)')
+        print(f"  try:       key=$(llmcloud local status --json --stack {status['stack']} | jq -r .api_key)")
         print(f'             curl --cacert {status["ca_bundle"]} -H "Authorization: Bearer $key" \\')
         print(f"               {status['url']}v1/chat/completions -H 'Content-Type: application/json' \\")
-        print('               -d \'{"model": "tgi", "messages": [{"role": "user", "content": "Hi"}]}\'')
+        request = {"model": status["models"][0], "messages": [{"role": "user", "content": "Hi"}]}
+        print(f"               -d '{json.dumps(request)}'")
     print(f"  engine:    {engine['note']}")
 
 

@@ -536,6 +536,7 @@ class LocalStack:
                 "ca_bundle": str(self.inventory_dir / "tls" / "ca.pem"),
                 "api_key": keys[0].get("key"),
                 "openai_base_url": f"https://localhost:{self.https_port}/v1",
+                "models": [DOUBLE_MODEL, *self.extra_models],
                 "login": {"user": DEMO_USERS[0]["sub"], "provider": self._idp_url_of(client)},
             }
         return {
