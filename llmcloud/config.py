@@ -211,9 +211,82 @@ class Reach(_Model):
         return self
 
 
+_MODEL_FILE = re.compile(r"\.(tar|tar\.gz|tgz|tar\.xz|txz|zip|gguf)$")
+
+
+class ModelSource(_Model):
+    """A model without a hub (air-gapped clouds): imported once onto the data volume, then served offline."""
+
+    #: An archive (.tar, .tar.gz, .tgz, .tar.xz, .zip) or .gguf file on this machine, copied once.
+    file: str | None = None
+    #: Or an http(s) URL of one (e.g. an S3 presigned URL or a Swift temp URL), downloaded once by the VM.
+    url: str | None = None
+    #: Or a model directory, archive or .gguf file already on the engine VM (e.g. on its data volume).
+    host_path: str | None = None
+    #: The archive's or file's SHA-256 (sha256sum): the import stops when it differs.
+    sha256: str | None = None
+
+    @field_validator("file")
+    @classmethod
+    def _file(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        path = Path(value).expanduser()
+        if not path.is_file():
+            raise ValueError(f"{value!r} is not a file on this machine; fix: the path of the model archive")
+        if not _MODEL_FILE.search(path.name):
+            raise ValueError(f"{value!r} is not an archive (.tar, .tar.gz, .tgz, .tar.xz, .zip) or .gguf")
+        return str(path.resolve())
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/\s]+/\S+$", value):
+            raise ValueError(
+                f"{value!r} is not an http(s) URL; fix: e.g. https://objects.example.org/m.tar.gz"
+            )
+        return value
+
+    @field_validator("host_path")
+    @classmethod
+    def _host_path(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("/"):
+            raise ValueError(f"{value!r} is not an absolute path on the VM; fix: e.g. /srv/llmcloud/m")
+        return value
+
+    @field_validator("sha256")
+    @classmethod
+    def _sha256(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^[0-9a-fA-F]{64}$", value):
+            raise ValueError("sha256 must be 64 hexadecimal digits, as sha256sum prints them")
+        return value.lower() if value else value
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        given = [k for k in ("file", "url", "host_path") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("set exactly one of file, url and hostPath (where the model comes from)")
+        return self
+
+    def role_vars(self, prefix: str = "llm_engine_") -> dict[str, str]:
+        """The llm_engine role's settings for this source."""
+        if self.file:
+            source = {"model_source": "controller", "model_path": self.file}
+        elif self.url:
+            source = {"model_source": "url", "model_url": self.url}
+        else:
+            source = {"model_source": "host", "model_path": self.host_path}
+        if self.sha256:
+            source["model_sha256"] = self.sha256
+        return {prefix + k: v for k, v in source.items()}
+
+
 class Engine(_Model):
     kind: EngineKind = EngineKind.tgi
     model_id: str = "Qwen/Qwen2.5-1.5B-Instruct"
+    #: Without it the engine downloads modelId from the hub; with it, the model comes from a file (modelId is
+    #: then the name clients use).
+    model_source: ModelSource | None = None
     revision: str | None = None
     quantize: str | None = None
     max_input_tokens: int | None = Field(default=None, ge=1, le=1_000_000)

@@ -39,6 +39,7 @@ def group_vars(cfg: StackConfig) -> dict[str, Any]:
         "llm_engine_max_input_tokens": cfg.engine.max_input_tokens,
         "llm_engine_max_total_tokens": cfg.engine.max_total_tokens,
         "llm_engine_port": ENGINE_PORT,
+        **(cfg.engine.model_source.role_vars() if cfg.engine.model_source else {}),
         # More models: ports after the main engine's, on every engine VM (hosts added with the inventory).
         "llmcloud_extra_models": [
             {
@@ -49,6 +50,7 @@ def group_vars(cfg: StackConfig) -> dict[str, Any]:
                 **({"quantize": m.quantize} if m.quantize else {}),
                 **({"max_input_tokens": m.max_input_tokens} if m.max_input_tokens else {}),
                 **({"max_total_tokens": m.max_total_tokens} if m.max_total_tokens else {}),
+                **(m.model_source.role_vars(prefix="") if m.model_source else {}),
             }
             for i, m in enumerate(cfg.models, start=1)
         ]

@@ -881,3 +881,111 @@ def test_acme_http01_certificate_from_pebble_and_renewal(deployed, tmp_path):
     assert failed.exit_code != 0
     assert "failed" in failed.output.decode().lower()
     assert served().serial_number == renewed.serial_number
+
+
+def test_a_model_from_a_file_is_served_with_no_outbound_connection(deployed, tmp_path):
+    """No hub: the model comes from an archive on the controller, checked, imported once, served offline;
+    the converge runs with the host's outbound traffic blocked (nftables); bad sources fail naming the
+    setting."""
+    import hashlib
+    import tarfile
+
+    stack, _ = deployed
+    if stack.topology != "single":
+        pytest.skip("the single stack covers the import (the role is the same on every engine host)")
+    host = system.docker_client().containers.get(stack.container_name("node1"))
+
+    def archive(name: str, files: dict[str, str]) -> tuple[str, str]:
+        folder = tmp_path / name
+        folder.mkdir()
+        for file, text in files.items():
+            (folder / file).write_text(text)
+        path = tmp_path / f"{name}.tar.gz"
+        with tarfile.open(path, "w:gz") as tar:
+            tar.add(folder, arcname=name)
+        return str(path), hashlib.sha256(path.read_bytes()).hexdigest()
+
+    model, digest = archive("tiny-model", {"config.json": '{"model_type": "llama"}', "tokenizer.json": "{}"})
+    empty, empty_digest = archive("no-model", {"README.md": "weights elsewhere"})
+    source = {"llm_engine_model_source": "controller", "llm_engine_model_path": model}
+
+    def engine_role(settings: dict) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [
+                *("ansible", "node1", "-i", str(stack.inventory_dir), "-m", "ansible.builtin.include_role"),
+                *("-a", "name=llm_engine", "-e", json.dumps(settings)),
+            ],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+
+    def engine_args() -> list[str]:
+        return json.loads(host.exec_run(["docker", "inspect", "llm-engine"]).output)[0]["Args"]
+
+    refused = {
+        "does not exist on the controller": {
+            **source,
+            "llm_engine_model_path": str(tmp_path / "gone.tar.gz"),
+        },
+        "llm_engine_model_sha256 does not match": {**source, "llm_engine_model_sha256": empty_digest},
+        "holds no model": {**source, "llm_engine_model_path": empty, "llm_engine_model_sha256": empty_digest},
+        "llm_engine_model_source must be": {"llm_engine_model_source": "s3"},
+    }
+    for message, settings in refused.items():
+        run = engine_role(settings)
+        assert run.returncode != 0 and message in run.stdout, run.stdout[-2000:]
+        assert DOUBLE_MODEL in engine_args(), "a refused source changed the running engine"
+
+    subnet = yaml.safe_load((stack.inventory_dir / "group_vars" / "all" / "00-llmcloud.yml").read_text())[
+        "llmcloud_private_cidr"
+    ]
+    # Everything leaving the host, except to the stack's own network: dropped; new TCP connections counted
+    # (apt's own timers, user _apt, are dropped without counting: they are not the converge's).
+    egress = f"""table inet llmcloud_no_egress {{
+        chain out {{
+            type filter hook output priority 0; policy accept;
+            oif "lo" accept
+            ip daddr {subnet} accept
+            ct state established,related accept
+            meta skuid "_apt" drop
+            tcp flags & (syn | ack) == syn counter name new_tcp drop
+            drop
+        }}
+        chain fwd {{
+            type filter hook forward priority 0; policy accept;
+            ct state established,related accept
+            ip daddr {subnet} accept
+            ip daddr 172.16.0.0/12 accept
+            tcp flags & (syn | ack) == syn counter name new_tcp drop
+        }}
+        counter new_tcp {{ }}
+    }}"""
+    host.exec_run(["sh", "-c", f"printf '%s' '{egress}' > /tmp/no-egress.nft"])
+    assert host.exec_run(["nft", "-f", "/tmp/no-egress.nft"]).exit_code == 0
+    try:
+        settings = {**source, "llm_engine_model_sha256": digest}
+        result = converge.converge(stack.inventory_dir, Progress("no egress"), extravars=settings)
+        assert result.ok, result.failures
+        again = converge.converge(stack.inventory_dir, Progress("no egress again"), extravars=settings)
+        assert again.ok and not again.total_changed(), again.changed()
+        counted = host.exec_run(["nft", "list", "counter", "inet", "llmcloud_no_egress", "new_tcp"]).output
+        assert b"packets 0 " in counted, f"the converge tried to connect outside: {counted.decode()}"
+        args = engine_args()
+        assert args[args.index("--model-id") + 1] == "/local-model" and "--served-model-name" in args
+        env = json.loads(host.exec_run(["docker", "inspect", "llm-engine"]).output)[0]["Config"]["Env"]
+        assert "HF_HUB_OFFLINE=1" in env
+        status = endpoint(stack)
+        reply = session(status["ca_bundle"]).post(
+            status["openai_base_url"] + "/chat/completions",
+            headers={"Authorization": f"Bearer {status['api_key']}"},
+            json={"model": DOUBLE_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3},
+            timeout=20,
+        )
+        assert reply.status_code == 200 and reply.json()["model"] == DOUBLE_MODEL  # served as its name
+    finally:
+        host.exec_run(["nft", "delete", "table", "inet", "llmcloud_no_egress"])
+        back = engine_role({})
+        assert back.returncode == 0, back.stdout[-2000:]
+    assert DOUBLE_MODEL in engine_args()

@@ -312,6 +312,27 @@ def test_more_models_reach_the_inventory_with_their_hosts_and_open_ports(tmp_pat
     assert "llmcloud_extra_models" not in (plain / "group_vars" / "all" / "00-llmcloud.yml").read_text()
 
 
+def test_a_model_from_a_file_reaches_the_engine_role_without_a_hub(tmp_path):
+    archive = tmp_path / "qwen.tar.gz"
+    archive.write_bytes(b"not really an archive")
+    digest = "AB" * 32
+    _, _, inv = deploy(
+        tmp_path,
+        engine={
+            "modelId": "Qwen/Qwen2.5-1.5B-Instruct",
+            "modelSource": {"file": str(archive), "sha256": digest},
+        },
+        models=[
+            {"kind": "tei", "modelId": "org/embed", "modelSource": {"url": "https://o.example.org/e.tgz"}}
+        ],
+    )
+    main = yaml.safe_load((inv / "group_vars" / "all" / "00-llmcloud.yml").read_text())
+    assert main["llm_engine_model_source"] == "controller"
+    assert main["llm_engine_model_path"] == str(archive) and main["llm_engine_model_sha256"] == digest.lower()
+    (extra,) = main["llmcloud_extra_models"]
+    assert extra["model_source"] == "url" and extra["model_url"] == "https://o.example.org/e.tgz"
+
+
 def test_configure_resource_follows_the_switch(tmp_path):
     mocks, _, _ = deploy(tmp_path)
     assert len(mocks.of_type("pulumi-python:dynamic:Resource")) == 1

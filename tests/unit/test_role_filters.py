@@ -232,3 +232,14 @@ def test_prometheus_watches_every_engine_and_probes_those_without_metrics():
         {"host": "llm2", "port": 8080, "kind": "ollama", "model": "llama3.1:8b", "probe": "/"},
         {"host": "llm2", "port": 8081, "kind": "tei", "model": "e/embed", "probe": "/health"},
     ]
+
+
+def test_engine_pins_live_in_the_role_defaults_and_its_readme_repeats_them():
+    import yaml
+
+    defaults = yaml.safe_load((REPO_ROOT / "roles/llm_engine/defaults/main.yml").read_text())
+    images = defaults["llm_engine_images"]
+    readme = (REPO_ROOT / "roles/llm_engine/README.md").read_text()
+    for kind, image in images.items():
+        shown = image.replace("{{ 'cuda' if llm_engine_gpus | bool else 'cpu' }}", "cpu")
+        assert f"`{shown}`" in readme, f"the README does not show the {kind} pin {shown}"
