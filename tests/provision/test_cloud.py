@@ -15,6 +15,7 @@ import psutil
 import pytest
 
 from llmcloud.cloud.controlplane import Cloud, CloudError
+from llmcloud.local.system import port_taken
 
 LLMCLOUD = str(Path(sys.executable).parent / "llmcloud")
 SERVICES = {
@@ -57,13 +58,25 @@ def _group_of(pid: int) -> int | None:
         return None
 
 
-def test_a_taken_port_is_named_with_the_fix(cloud, tmp_path):
-    with socket.socket() as squatter:
+def _squat_below_free_ports(below: int = 10) -> socket.socket:
+    """A listening socket on a port whose `below` lower ports are free (other suites hold ephemeral ports)."""
+    for _ in range(50):
+        squatter = socket.socket()
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
         port = squatter.getsockname()[1]
+        if not any(port_taken(p) for p in range(port - below, port)):
+            return squatter
+        squatter.close()
+    raise AssertionError("no port with free ports below it")
+
+
+def test_a_taken_port_is_named_with_the_fix(cloud, tmp_path):
+    # Keystone is base + 10: the ports below it are free, so keystone's is the first one found taken.
+    with _squat_below_free_ports() as squatter:
+        port = squatter.getsockname()[1]
         with pytest.raises(CloudError) as err:
-            Cloud(tmp_path / "second").up(port_base=port - 10)  # keystone is base + 10
+            Cloud(tmp_path / "second").up(port_base=port - 10)
     message = str(err.value)
     assert f"port {port} (keystone) on 127.0.0.1 is taken by another program" in message
     assert "llmcloud cloud up --port-base N" in message

@@ -49,6 +49,9 @@ def test_security_groups_as_promised(up_result, admin, project):
     assert ingress_rules(admin, groups[f"{PREFIX}-engine"]) == {
         ("tcp", 8080, 8080, f"{PREFIX}-edge"),
         ("tcp", 22, 22, f"{PREFIX}-edge"),
+        # Prometheus runs on the edge and scrapes the node and GPU exporters of the engine VMs.
+        ("tcp", 9100, 9100, f"{PREFIX}-edge"),
+        ("tcp", 9400, 9400, f"{PREFIX}-edge"),
     }
     # single: the one VM is engine and edge.
     (port,) = found.ports.values()

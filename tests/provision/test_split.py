@@ -51,7 +51,13 @@ def test_the_edge_is_the_only_way_in(stack, admin, project):
     }
     # 80/443 only in the edge group: the engine VMs are not public.
     engine_rules = ingress_rules(admin, now.security_groups[f"{PREFIX}-engine"])
-    assert {r[1] for r in engine_rules} == {8080, 22}
+    assert {r[1] for r in engine_rules} == {
+        8080,
+        22,
+        9100,
+        9400,
+    }  # engine, SSH, the exporters Prometheus scrapes
+    assert all(r[3] == f"{PREFIX}-edge" for r in engine_rules)  # ... from the edge group only
     (fip,) = now.floating_ips
     assert fip.port_id == now.ports[f"{PREFIX}-edge1-port"].id
     edge = now.servers[f"{PREFIX}-edge1"]
