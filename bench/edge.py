@@ -111,20 +111,25 @@ def edge_settings(stack: LocalStack, **overrides) -> None:
         )
 
 
-def report(levels: list[int], paths: dict[str, dict[int, dict]]) -> None:
-    direct = paths["direct"]
+def table(levels: list[int], paths: dict[str, dict[int, dict]], reference: str = "direct") -> None:
+    """Each path at each concurrency: latency and throughput, and what it adds over the reference path."""
+    ref = paths[reference]
     print(
         f"\n{'path':<15} {'conc':>4} {'n':>6} | {'p50 ms':>7} {'p99 ms':>7} |"
-        f" {'added p50':>9} {'added p99':>9} | {'req/s':>8} {'x direct':>8} | errors"
+        f" {'added p50':>9} {'added p99':>9} | {'req/s':>8} {'x ' + reference:>14} | errors"
     )
     for name, results in paths.items():
         for c in levels:
-            r, d = results[c], direct[c]
+            r, d = results[c], ref[c]
             print(
                 f"{name:<15} {c:>4} {r['n']:>6.0f} | {r['p50']:7.2f} {r['p99']:7.2f} |"
                 f" {r['p50'] - d['p50']:9.2f} {r['p99'] - d['p99']:9.2f} |"
-                f" {r['rps']:8.0f} {r['rps'] / d['rps']:8.2f} | {r['errors']:.0f}"
+                f" {r['rps']:8.0f} {r['rps'] / d['rps']:14.2f} | {r['errors']:.0f}"
             )
+
+
+def report(levels: list[int], paths: dict[str, dict[int, dict]]) -> None:
+    table(levels, paths)
     noauth = paths["edge no auth"]
     print("\nThroughput as a share of the edge without auth:")
     for name in ("edge key", "edge session", "edge JWT", "edge key (svc)"):

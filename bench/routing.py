@@ -20,7 +20,7 @@ import os
 import statistics
 import sys
 
-from edge import EDGE, UNLIMITED, Host, edge_settings
+from edge import EDGE, UNLIMITED, Host, edge_settings, table
 
 from llmcloud import converge
 from llmcloud.local.stack import DOUBLE_MODEL, LocalStack
@@ -79,19 +79,7 @@ def main() -> int:
             measure("routed, 2nd", EDGE, key, "/tmp/bench-second.json")
         finally:
             edge_settings(stack)
-        one = paths["one model"]
-        print(
-            f"\n{'path':<14} {'conc':>4} | {'p50 ms':>7} {'p99 ms':>7} | {'req/s':>8} | "
-            f"{'+p50 vs one':>11} {'+p99 vs one':>11} {'x one':>6} | errors"
-        )
-        for name, results in paths.items():
-            for c in levels:
-                r = results[c]
-                print(
-                    f"{name:<14} {c:>4} | {r['p50']:7.2f} {r['p99']:7.2f} | {r['rps']:8.0f} | "
-                    f"{r['p50'] - one[c]['p50']:+11.2f} {r['p99'] - one[c]['p99']:+11.2f} "
-                    f"{r['rps'] / one[c]['rps']:6.2f} | {r['errors']:.0f}"
-                )
+        table(levels, paths, reference="one model")
     finally:
         stack.down(progress)
     return 0
