@@ -45,6 +45,14 @@ class ConfigError(ValueError):
         super().__init__("invalid stack configuration:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
+def _local_file(value: str, fix: str) -> Path:
+    """A file on this machine (where `pulumi up` runs), ~ expanded, as an absolute path."""
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise ValueError(f"{value!r} is not a file on this machine; fix: {fix}")
+    return path.resolve()
+
+
 def _check_emails(values: list[str]) -> list[str]:
     for value in values:
         if not _EMAIL.match(value):
@@ -231,9 +239,7 @@ class ModelSource(_Model):
     def _file(cls, value: str | None) -> str | None:
         if value is None:
             return value
-        path = Path(value).expanduser()
-        if not path.is_file():
-            raise ValueError(f"{value!r} is not a file on this machine; fix: the path of the model archive")
+        path = _local_file(value, "the path of the model archive")
         if not _MODEL_FILE.search(path.name):
             raise ValueError(f"{value!r} is not an archive (.tar, .tar.gz, .tgz, .tar.xz, .zip) or .gguf")
         return str(path.resolve())
@@ -542,12 +548,7 @@ class StackConfig(_Model):
     def _private_key(cls, value: str | None) -> str | None:
         if value is None:
             return value
-        path = Path(value).expanduser()
-        if not path.is_file():
-            raise ValueError(
-                f"{value!r} is not a file; fix: the private half of sshPublicKey, e.g. ~/.ssh/id_ed25519"
-            )
-        return str(path.resolve())
+        return str(_local_file(value, "the private half of sshPublicKey, e.g. ~/.ssh/id_ed25519"))
 
     @model_validator(mode="after")
     def _cross_checks(self):
