@@ -7,11 +7,14 @@ TOPOLOGY  ?= single
 INVENTORY ?= inventory/$(STACK)
 # Extra flags for `llmcloud local up`, e.g. LOCAL_ARGS="--engines 2 --ssh-port 2300"
 LOCAL_ARGS ?=
+# What serves the main model locally: double (the engine TEST DOUBLE, default) or ollama (a real engine, tiny model)
+ENGINE    ?=
+ENGINE_ARG = $(if $(ENGINE),--engine $(ENGINE))
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
 .PHONY: help venv local up converge verify status monitor down backup restore backup-drill lint unit molecule integration \
-	cloud-prepare provision test bench
+	cloud-prepare provision real-engine test bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -28,10 +31,10 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	@touch $@
 
 local: venv ## the whole stack on local target hosts: up, converge, verify, summary
-	$(BIN)/llmcloud local up --stack $(STACK) --topology $(TOPOLOGY) $(LOCAL_ARGS)
+	$(BIN)/llmcloud local up --stack $(STACK) --topology $(TOPOLOGY) $(ENGINE_ARG) $(LOCAL_ARGS)
 
 up: venv ## start local target hosts and write the inventory only
-	$(BIN)/llmcloud local up --stack $(STACK) --topology $(TOPOLOGY) --hosts-only $(LOCAL_ARGS)
+	$(BIN)/llmcloud local up --stack $(STACK) --topology $(TOPOLOGY) --hosts-only $(ENGINE_ARG) $(LOCAL_ARGS)
 
 converge: venv ## re-run site.yml on $(INVENTORY)
 	$(BIN)/llmcloud converge -i $(INVENTORY)
@@ -72,7 +75,10 @@ molecule: venv ## each role on its own with Molecule: create, converge, idempote
 	done
 
 integration: venv ## both topologies, edge and backups on fresh local hosts, idempotence, testinfra; torn down
-	$(BIN)/pytest -m integration tests/integration
+	$(BIN)/pytest -m integration tests/integration --ignore=tests/integration/test_real_engine.py
+
+real-engine: venv ## the stack on a REAL engine: Ollama built from its Go module, a tiny random model; torn down
+	$(BIN)/pytest -m integration tests/integration/test_real_engine.py
 
 cloud-prepare: venv ## build the local cloud's venv and the Pulumi engine (Go), once; cached
 	$(BIN)/llmcloud cloud prepare
@@ -85,30 +91,37 @@ provision: venv ## `pulumi up` for real: the program on a local OpenStack cloud 
 	LLMCLOUD_TEST_CLOUD_DIR=$(TEST_CLOUD) $(BIN)/pytest -m openstack tests/provision; \
 	  status=$$?; $(BIN)/llmcloud cloud down --workdir $(TEST_CLOUD) >/dev/null 2>&1; exit $$status
 
-test: venv ## lint, unit, molecule, integration and provision: the command CI runs
+test: venv ## lint, unit, molecule, integration, provision and the real engine: the command CI runs
 	@mkdir -p .cache
 	@# The Go builds of the Pulumi engine take minutes of CPU on a fresh machine: start them now, in the
 	@# background, at the lowest priority, so they use what the other suites leave idle.
 	@nice -n 19 $(BIN)/llmcloud cloud prepare --no-packages --start-cloud $(TEST_CLOUD) \
 	  > .cache/cloud-prepare.log 2>&1 & echo "cloud-prepare started in the background (.cache/cloud-prepare.log)"
+	@nice -n 19 $(BIN)/llmcloud local ollama > .cache/ollama-build.log 2>&1 & \
+	  echo "the Ollama image build started in the background (.cache/ollama-build.log)"
 	$(MAKE) lint
 	$(MAKE) unit
 	$(MAKE) molecule
 	@# Every image both suites use, built once, before they run side by side (each is mostly waiting on
 	@# SSH, apt and containers; one after the other they took 75 of CI's 90 minutes).
 	$(BIN)/llmcloud local images
-	@$(MAKE) provision > .cache/provision.log 2>&1 & pid=$$!; \
-	  echo "make provision started beside make integration (.cache/provision.log)"; \
+	@# Beside integration: provision, then the real engine (its image was built in the background meanwhile).
+	@rm -f .cache/provision.rc .cache/real-engine.rc
+	@( $(MAKE) provision > .cache/provision.log 2>&1; echo $$? > .cache/provision.rc; \
+	   $(MAKE) real-engine > .cache/real-engine.log 2>&1; echo $$? > .cache/real-engine.rc ) & pid=$$!; \
+	  echo "make provision, then make real-engine, started beside make integration (.cache/*.log)"; \
 	  $(MAKE) integration; integration=$$?; \
-	  wait $$pid; provision=$$?; \
+	  wait $$pid; provision=$$(cat .cache/provision.rc); real=$$(cat .cache/real-engine.rc); \
 	  echo "== make provision (exit $$provision), from .cache/provision.log:"; tail -n 80 .cache/provision.log; \
-	  test $$integration -eq 0 -a $$provision -eq 0
+	  echo "== make real-engine (exit $$real), from .cache/real-engine.log:"; tail -n 40 .cache/real-engine.log; \
+	  test $$integration -eq 0 -a "$$provision" = 0 -a "$$real" = 0
 
 bench: venv ## print timings: make local, no-op converge; engine roles and recovery; edge overhead; backups; OpenStack
 	$(BIN)/python bench/timings.py
 	$(BIN)/python bench/engine.py
 	$(BIN)/python bench/edge.py
 	$(BIN)/python bench/routing.py
+	$(BIN)/python bench/real_engine.py
 	$(BIN)/python bench/backup.py
 	$(BIN)/python bench/monitoring.py
 	$(BIN)/python bench/provision.py

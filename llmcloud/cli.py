@@ -1,6 +1,8 @@
 """The `llmcloud` command: local target hosts, converge and verify.
 
-llmcloud local up [--topology single|split] [--engines N] [--extra-model NAME] [--hosts-only]
+llmcloud local up [--topology single|split] [--engines N] [--engine double|ollama] [--extra-model NAME]
+                  [--hosts-only]
+llmcloud local ollama                        build the real engine's image and tiny model (once)
 llmcloud local down | status [--json]
 llmcloud converge [-i inventory/<stack>]
 llmcloud verify   [-i inventory/<stack>]
@@ -71,6 +73,14 @@ def parser() -> argparse.ArgumentParser:
         help="one more model on every engine host (an engine TEST DOUBLE under this name), picked by the "
         "request's model field at the edge; repeat for more",
     )
+    up.add_argument(
+        "--engine",
+        choices=("double", "ollama"),
+        default=None,
+        help="what serves the main model: double, the engine TEST DOUBLE (default, fast); ollama, a real "
+        "Ollama built here from its Go module with a tiny random model (nonsense text, real engine; the "
+        "first build takes about 10 minutes)",
+    )
     up.add_argument("--hosts-only", action="store_true", help="start hosts and write the inventory only")
     down = lsub.add_parser("down", help="remove the hosts, network, volumes and inventory of a stack")
     _stack_args(down)
@@ -80,6 +90,11 @@ def parser() -> argparse.ArgumentParser:
         "images",
         help="build every image the local stack and the local cloud use, if needed (base, VM, engine test "
         "double, oauth2-proxy, identity provider); print their references",
+    )
+    lsub.add_parser(
+        "ollama",
+        help="build the real engine of --engine ollama if needed (Ollama from its Go module, about 10 "
+        "minutes once; a tiny random model); print the image and the model file",
     )
     status = lsub.add_parser("status", help="show the hosts of a stack")
     _stack_args(status)
@@ -305,7 +320,16 @@ def _local_stack(args):
     from llmcloud.local.stack import load
 
     stack = load(args.stack, args.inventory_root)
-    keys = ("topology", "engines", "ssh_port", "http_port", "https_port", "idp_port", "extra_models")
+    keys = (
+        "topology",
+        "engines",
+        "ssh_port",
+        "http_port",
+        "https_port",
+        "idp_port",
+        "extra_models",
+        "engine",
+    )
     overrides = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
     if overrides.get("topology") == "single" and "engines" not in overrides:
         overrides["engines"] = 1
@@ -397,6 +421,13 @@ def _dispatch(args) -> int:
             peers.oidc_mock(client, progress, base),
         ):
             print(ref)
+        return 0
+    if args.action == "ollama":
+        from llmcloud.local import engine_ollama, system
+
+        progress = Progress("Ollama")
+        print(engine_ollama.ensure(system.docker_client(), progress, REPO_ROOT / ".cache" / "images")[0])
+        print(engine_ollama.tiny_model(progress, REPO_ROOT / ".cache" / "models")[0])
         return 0
     stack = _local_stack(args)
     if args.action == "status":

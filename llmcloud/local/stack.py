@@ -17,7 +17,7 @@ import yaml
 from llmcloud import REPO_ROOT, inventory
 from llmcloud.errors import UserError
 from llmcloud.keys import ensure_ed25519
-from llmcloud.local import engine_double, image, peers, system
+from llmcloud.local import engine_double, engine_ollama, image, peers, system
 from llmcloud.progress import Progress
 
 LABEL = "llmcloud.stack"
@@ -76,6 +76,8 @@ MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}(/[a-z0-9][a-z0-9._-]{0,63})
 #: Engine ports of more models: 8081, 8082, ... (the main engine has 8080).
 EXTRA_MODEL_PORT = 8081
 DOUBLE_HEALTHCHECK = ["CMD", "/engine-double", "-healthcheck", "--port", "80"]
+#: What serves the main model: the engine TEST DOUBLE (fast, the default) or a real Ollama with a tiny model.
+ENGINES = ("double", "ollama")
 PEER_LABEL = "llmcloud.peer"  # a container of the stack that is not a target host
 BACKUP_MOUNT = "/srv/backup"
 
@@ -94,9 +96,13 @@ class LocalStack:
     inventory_root: Path = REPO_ROOT / "inventory"
     #: More models (llmcloud_extra_models), each one more engine TEST DOUBLE per engine host under this name.
     extra_models: tuple[str, ...] = ()
+    #: The main engine: "double" (the engine TEST DOUBLE), "ollama" (Ollama built here, a tiny random model).
+    engine: str = "double"
 
     def __post_init__(self) -> None:
         self.inventory_root = Path(self.inventory_root).resolve()
+        if self.engine not in ENGINES:
+            raise UserError(f"--engine {self.engine!r} is not known", f"use one of: {', '.join(ENGINES)}")
         self.extra_models = tuple(self.extra_models)
         for name in self.extra_models:
             if not MODEL_NAME.match(name) or name == DOUBLE_MODEL:
@@ -177,6 +183,11 @@ class LocalStack:
             ref = image.ensure(client, progress)
         with progress.step("engine TEST DOUBLE image (tests/fixtures/engine-double)"):
             self._double = engine_double.ensure(client, progress, REPO_ROOT / ".cache" / "images")
+        if self.engine == "ollama":
+            with progress.step(f"Ollama image ({engine_ollama.OLLAMA_VERSION}, built from its Go module)"):
+                self._ollama = engine_ollama.ensure(client, progress, REPO_ROOT / ".cache" / "images")
+            with progress.step("tiny random model for Ollama (GGUF)"):
+                self._tiny_model = engine_ollama.tiny_model(progress, REPO_ROOT / ".cache" / "models")
         with progress.step(f"oauth2-proxy image ({peers.OAUTH2_PROXY_VERSION}, built from its Go module)"):
             self._oauth2_proxy = peers.oauth2_proxy(client, progress, REPO_ROOT / ".cache" / "images")
         with progress.step("identity provider image (oidc-provider-mock)"):
@@ -446,12 +457,13 @@ class LocalStack:
                 "container_images_preload": [
                     {"path": str(self._double[1]), "name": self._double[0]},
                     {"path": str(self._oauth2_proxy[1]), "name": self._oauth2_proxy[0]},
+                    *(
+                        [{"path": str(self._ollama[1]), "name": self._ollama[0]}]
+                        if self.engine == "ollama"
+                        else []
+                    ),
                 ],
-                "llm_engine_kind": "tgi",
-                "llm_engine_image": self._double[0],
-                "llm_engine_model_id": DOUBLE_MODEL,
-                "llm_engine_healthcheck_test": DOUBLE_HEALTHCHECK,
-                "llm_engine_health_timeout": 300,
+                **self._engine_vars(),
                 # More models: one more TEST DOUBLE per name on every engine host, routed by the edge.
                 "llmcloud_extra_models": [
                     {
@@ -486,6 +498,31 @@ class LocalStack:
                 "restic_repository": BACKUP_MOUNT + "/{{ inventory_hostname }}",
             },
         )
+
+    def _engine_vars(self) -> dict:
+        """The main engine's inventory variables: the TEST DOUBLE, or Ollama with the tiny model's file."""
+        if self.engine == "ollama":
+            # A real engine, and the role's import of a model without a hub: copied from this machine once.
+            return {
+                "llm_engine_kind": "ollama",
+                "llm_engine_image": self._ollama[0],
+                "llm_engine_model_id": engine_ollama.MODEL_NAME,
+                "llm_engine_model_source": "controller",
+                "llm_engine_model_path": str(self._tiny_model[0]),
+                "llm_engine_model_sha256": self._tiny_model[1],
+                "llm_engine_health_timeout": 300,
+            }
+        return {
+            "llm_engine_kind": "tgi",
+            "llm_engine_image": self._double[0],
+            "llm_engine_model_id": DOUBLE_MODEL,
+            "llm_engine_healthcheck_test": DOUBLE_HEALTHCHECK,
+            "llm_engine_health_timeout": 300,
+        }
+
+    @property
+    def main_model(self) -> str:
+        return engine_ollama.MODEL_NAME if self.engine == "ollama" else DOUBLE_MODEL
 
     # ---- down and status ----------------------------------------------------------------------
     def down(self, progress: Progress) -> None:
@@ -526,7 +563,12 @@ class LocalStack:
             "host": engine_host,
             # 127.0.0.1 on a host that is its own edge, the private address otherwise.
             "address": "127.0.0.1" if self.topology == "single" else self._private_ip(client, engine_host),
-            "note": "the engine TEST DOUBLE (not a model) on port 8080, private: forward it over SSH",
+            "note": (
+                engine_ollama.MODEL_NOTE
+                if self.engine == "ollama"
+                else "the engine TEST DOUBLE (not a model)"
+            )
+            + " on port 8080, private: forward it over SSH",
         }
         endpoint = None
         if state_path.is_file():
@@ -536,7 +578,7 @@ class LocalStack:
                 "ca_bundle": str(self.inventory_dir / "tls" / "ca.pem"),
                 "api_key": keys[0].get("key"),
                 "openai_base_url": f"https://localhost:{self.https_port}/v1",
-                "models": [DOUBLE_MODEL, *self.extra_models],
+                "models": [self.main_model, *self.extra_models],
                 "login": {"user": DEMO_USERS[0]["sub"], "provider": self._idp_url_of(client)},
             }
         return {

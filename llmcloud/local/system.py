@@ -47,7 +47,9 @@ def port_taken(port: int, address: str = "127.0.0.1") -> bool:
 
 
 def ensure_packages(packages: dict[str, str]) -> None:
-    """Install Debian/Ubuntu packages when the named command is missing ({command: package})."""
+    """Install Debian/Ubuntu packages when the named command is missing ({command: package}).
+
+    A key that is an absolute path (a header, say) stands for a file the package installs."""
     missing = sorted({pkg for cmd, pkg in packages.items() if not _which(cmd)})
     if not missing:
         return
@@ -66,6 +68,8 @@ def ensure_packages(packages: dict[str, str]) -> None:
 
 
 def _which(cmd: str) -> str | None:
+    if cmd.startswith("/"):
+        return cmd if Path(cmd).exists() else None
     # debootstrap and dockerd live in sbin, which is not on every user's PATH.
     return shutil.which(cmd) or shutil.which(cmd, path="/usr/sbin:/sbin:/usr/local/sbin")
 

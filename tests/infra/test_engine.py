@@ -62,13 +62,34 @@ def test_engine_reachable_from_edge_and_from_no_other_host(host, hostvars, peers
     )
 
 
+#: Each engine's readiness route (Ollama has no /health).
+HEALTH_PATHS = {"tgi": "/health", "vllm": "/health", "tei": "/health", "ollama": "/api/version"}
+
+
 def test_engine_serves_health_locally(host, hostvars):
     if not in_group(hostvars, "llm"):
         pytest.skip("not an engine host")
     address = "127.0.0.1" if in_group(hostvars, "edge") else hostvars["private_ip"]
     port = int(hostvars.get("llm_engine_port", 8080))
-    code = f"import urllib.request as u; print(u.urlopen('http://{address}:{port}/health', timeout=5).status)"
+    path = HEALTH_PATHS[hostvars.get("llm_engine_kind", "tgi")]
+    code = f"import urllib.request as u; print(u.urlopen('http://{address}:{port}{path}', timeout=5).status)"
     assert host.check_output("python3 -c %s", code) == "200"
+
+
+def test_engine_serves_its_model(host, hostvars):
+    """The model the inventory names is the one the engine serves (OpenAI's model list)."""
+    if not in_group(hostvars, "llm"):
+        pytest.skip("not an engine host")
+    address = "127.0.0.1" if in_group(hostvars, "edge") else hostvars["private_ip"]
+    port = int(hostvars.get("llm_engine_port", 8080))
+    url = f"http://{address}:{port}/v1/models"
+    code = f"import json, urllib.request as u; print(json.dumps(json.load(u.urlopen({url!r}, timeout=5))))"
+    model = hostvars.get("llm_engine_model_id")
+    if not model:
+        pytest.skip("the inventory names no model (llm_engine_model_id): the role's default is served")
+    served = [m["id"] for m in json.loads(host.check_output("python3 -c %s", code))["data"]]
+    # Ollama lists a model with its tag (":latest" when none was given).
+    assert model in served or f"{model}:latest" in served, served
 
 
 def test_model_cache_on_the_data_path(hostvars, engine):

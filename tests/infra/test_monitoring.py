@@ -81,7 +81,11 @@ def test_prometheus_scrapes_every_target(monitor, hostvars, runner):
     for target in targets:
         jobs.setdefault(target["labels"]["job"], []).append(target)
     assert {t["labels"]["host"] for t in jobs["node"]} == set(runner.get_hosts("all"))
-    assert {t["labels"]["host"] for t in jobs["engine"]} == set(runner.get_hosts("llm"))
+    # Every engine host's main engine: scraped where it has metrics (TGI, vLLM), probed if not (Ollama, TEI).
+    kinds = {h: runner.get_variables(h).get("llm_engine_kind", "tgi") for h in runner.get_hosts("llm")}
+    probed = {h for h, kind in kinds.items() if kind in ("ollama", "tei")}
+    assert {t["labels"]["host"] for t in jobs.get("engine", [])} >= set(kinds) - probed
+    assert {t["labels"]["host"] for t in jobs.get("engine_health", [])} >= probed
     assert {t["labels"]["host"] for t in jobs["edge"]} == set(runner.get_hosts("edge"))
     assert jobs["healthz"]
     down = [(t["labels"]["job"], t["scrapeUrl"], t["lastError"]) for t in targets if t["health"] == "down"]

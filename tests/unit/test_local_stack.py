@@ -48,6 +48,7 @@ def test_capabilities_leave_out_sys_resource():
         ({"name": "My Stack"}, "--stack"),
         ({"ssh_port": 22}, "--ssh-port"),
         ({"https_port": 70000}, "--https-port"),
+        ({"engine": "tgi"}, "--engine"),
     ],
 )
 def test_bad_settings_name_the_flag(tmp_path, kwargs, flag):

@@ -1,0 +1,170 @@
+"""A REAL engine on the local stack: Ollama built from its Go module, serving a tiny random model from a file.
+
+The other integration modules use the engine TEST DOUBLE (fast, deterministic). This one runs the llm_engine
+role's Ollama path for real: the image delivered through the preload path, the model imported without a hub
+(``llm_engine_model_source: controller``, a .gguf made on this machine) and created through Ollama's API, the
+container's health check, and the edge in front. The model's text is nonsense; its tokenizer (Llama 3.2's),
+batching, streaming and API are the engine's own.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import ssl
+import subprocess
+import time
+
+import pytest
+from helpers import endpoint
+
+from llmcloud import REPO_ROOT, converge, verify
+from llmcloud.local import engine_ollama, system
+from llmcloud.local.stack import LABEL, LocalStack
+from llmcloud.progress import Progress
+
+pytestmark = pytest.mark.integration
+
+MODEL = engine_ollama.MODEL_NAME
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory):
+    """A single-topology stack whose engine is Ollama: (stack, result of the first converge)."""
+    stack = LocalStack(
+        name="citest-ollama",
+        topology="single",
+        engine="ollama",
+        ssh_port=42230,
+        http_port=42282,
+        https_port=42245,
+        idp_port=42292,
+        inventory_root=tmp_path_factory.mktemp("ollama"),
+    )
+    progress = Progress("citest ollama")
+    stack.down(progress)
+    try:
+        stack.up(progress)
+        first = converge.converge(stack.inventory_dir, progress)
+        yield stack, first
+    finally:
+        stack.down(progress)
+        leftovers = system.docker_client().containers.list(
+            all=True, filters={"label": f"{LABEL}={stack.name}"}
+        )
+        assert not leftovers, f"down left {leftovers}"
+
+
+def sh(stack: LocalStack, command: str) -> str:
+    container = system.docker_client().containers.get(stack.container_name("node1"))
+    code, out = container.exec_run(["sh", "-c", command])
+    assert code == 0, out.decode(errors="replace")[-2000:]
+    return out.decode()
+
+
+def openai_client(status: dict):
+    from openai import DefaultHttpxClient, OpenAI
+
+    http = DefaultHttpxClient(
+        verify=ssl.create_default_context(cafile=status["ca_bundle"]), trust_env=False, timeout=60
+    )
+    return OpenAI(base_url=status["openai_base_url"], api_key=status["api_key"], http_client=http)
+
+
+def test_first_converge_creates_the_model_from_the_file(deployed):
+    stack, first = deployed
+    assert first.ok, first.failures
+    # The model came from the .gguf on this machine, through the role's import, not from a registry.
+    listed = sh(stack, "docker exec llm-engine ollama list")
+    assert re.search(rf"^{re.escape(MODEL)}:latest\s", listed, re.M), listed
+    inspect = json.loads(sh(stack, "docker inspect llm-engine"))[0]
+    assert inspect["Config"]["Image"].startswith(engine_ollama.REPOSITORY + ":")
+    assert inspect["State"]["Health"]["Status"] == "healthy"
+    mounts = {m["Destination"]: m for m in inspect["Mounts"]}
+    assert mounts["/local-model"]["RW"] is False
+    assert mounts["/root/.ollama"]["Source"] == "/srv/llmcloud/models"  # the model store on the data path
+
+
+def test_second_converge_changes_nothing(deployed):
+    stack, _ = deployed
+    run = subprocess.run(
+        ["ansible-playbook", "-i", str(stack.inventory_dir), "site.yml"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    # Creating the model reports a change: none means Ollama was found to have it already.
+    assert re.search(r"^node1\s+:\s+ok=\d+\s+changed=0\s", run.stdout, re.M), run.stdout[-4000:]
+
+
+def test_testinfra_suite_passes(deployed):
+    stack, _ = deployed
+    assert verify.verify(stack.inventory_dir) == 0
+
+
+def test_the_openai_client_streams_real_tokens_through_the_edge(deployed):
+    stack, _ = deployed
+    status = endpoint(stack)
+    assert status["models"][0] == MODEL
+    client = openai_client(status)
+    assert f"{MODEL}:latest" in [m.id for m in client.models.list().data]
+    ask = {"model": MODEL, "temperature": 0, "seed": 7, "max_tokens": 12}
+    short = client.chat.completions.create(messages=[{"role": "user", "content": "hi"}], **ask)
+    longer = client.chat.completions.create(
+        messages=[{"role": "user", "content": "What does the de.NBI cloud offer to researchers in Germany?"}],
+        **ask,
+    )
+    # A real tokenizer counts the prompt (template included) and the generated tokens.
+    assert short.usage.completion_tokens == 12 and short.choices[0].finish_reason == "length"
+    assert longer.usage.prompt_tokens > short.usage.prompt_tokens + 8
+    began = time.monotonic()
+    stream = client.chat.completions.create(messages=[{"role": "user", "content": "hi"}], stream=True, **ask)
+    chunks, first_at = [], None
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            first_at = first_at or time.monotonic() - began
+            chunks.append(chunk.choices[0].delta.content)
+    # Greedy decoding: the streamed pieces are the same answer, token by token, as they were made.
+    assert "".join(chunks) == short.choices[0].message.content
+    assert len(chunks) >= 6 and first_at is not None
+    print(f"\n  first token through the edge after {first_at * 1000:.0f} ms; {len(chunks)} chunks")
+
+
+def test_without_credentials_the_engine_is_not_reached(deployed):
+    import requests
+
+    stack, _ = deployed
+    status = endpoint(stack)
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    reply = requests.post(
+        status["openai_base_url"] + "/chat/completions", json=body, verify=status["ca_bundle"]
+    )
+    assert reply.status_code == 401
+    # Ollama's own API (pull, create, delete) is never exposed by the edge, even with a key.
+    auth = {"Authorization": f"Bearer {status['api_key']}"}
+    for path in ("api/delete", "api/pull", "api/create"):
+        reply = requests.post(
+            status["url"] + path, headers=auth, json={"model": MODEL}, verify=status["ca_bundle"]
+        )
+        assert reply.status_code in (403, 404), (path, reply.status_code)
+    assert MODEL in sh(stack, "docker exec llm-engine ollama list")
+
+
+def test_the_model_survives_an_engine_restart(deployed):
+    stack, _ = deployed
+    sh(stack, 'kill -9 "$(docker inspect -f "{{.State.Pid}}" llm-engine)"')
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        state = json.loads(sh(stack, "docker inspect llm-engine"))[0]["State"]
+        if state["Running"] and state.get("Health", {}).get("Status") == "healthy":
+            break
+        time.sleep(2)
+    else:
+        pytest.fail("the engine did not come back healthy within 120 s")
+    client = openai_client(endpoint(stack))
+    reply = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=3
+    )
+    assert reply.usage.completion_tokens == 3
