@@ -14,9 +14,11 @@ import re
 import ssl
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
-from helpers import endpoint
+import yaml
+from helpers import endpoint, free_port, wait_for_port
 
 from llmcloud import REPO_ROOT, converge, verify
 from llmcloud.local import engine_ollama, system
@@ -168,3 +170,72 @@ def test_the_model_survives_an_engine_restart(deployed):
         model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=3
     )
     assert reply.usage.completion_tokens == 3
+
+
+def test_a_model_from_object_storage_by_a_presigned_url(deployed):
+    """llm_engine_model_source url: an S3 presigned URL (moto's S3 server on the stack's network), downloaded
+    once by the host, checked, created in Ollama under a new name; its signature never shows in the output."""
+    import boto3
+
+    stack, _ = deployed
+    settings = yaml.safe_load((stack.inventory_dir / "group_vars" / "all" / "00-llmcloud.yml").read_text())
+    model_file, digest = Path(settings["llm_engine_model_path"]), settings["llm_engine_model_sha256"]
+    network = system.docker_client().networks.get(stack.network_name)
+    address = network.attrs["IPAM"]["Config"][0]["Gateway"]
+    port = free_port(address)
+    server = subprocess.Popen(
+        ["moto_server", "-H", address, "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_for_port(address, port)
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=f"http://{address}:{port}",
+            region_name="us-east-1",
+            aws_access_key_id="llmcloud-test",
+            aws_secret_access_key="llmcloud-test-secret",
+        )
+        s3.create_bucket(Bucket="models")
+        s3.upload_file(str(model_file), "models", "tiny/model.gguf")
+        url = s3.generate_presigned_url(
+            "get_object", Params={"Bucket": "models", "Key": "tiny/model.gguf"}, ExpiresIn=900
+        )
+        signature = re.search(r"Signature=([^&]+)", url).group(1)
+        source = {
+            "llm_engine_model_source": "url",
+            "llm_engine_model_url": url,
+            "llm_engine_model_id": "llmcloud/tiny-from-s3",
+        }
+        wrong = engine_role(stack, {**source, "llm_engine_model_sha256": "0" * 64})
+        assert wrong.returncode != 0 and "llm_engine_model_sha256 is the expected checksum" in wrong.stdout
+        assert signature not in wrong.stdout + wrong.stderr
+        run = engine_role(stack, {**source, "llm_engine_model_sha256": digest})
+        assert run.returncode == 0, run.stdout[-3000:]
+        assert signature not in run.stdout + run.stderr
+        assert re.search(
+            r"^llmcloud/tiny-from-s3:latest\s", sh(stack, "docker exec llm-engine ollama list"), re.M
+        )
+        client = openai_client(endpoint(stack))
+        reply = client.chat.completions.create(
+            model="llmcloud/tiny-from-s3", messages=[{"role": "user", "content": "hi"}], max_tokens=3
+        )
+        assert reply.usage.completion_tokens == 3
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+        back = engine_role(stack, {})
+        assert back.returncode == 0, back.stdout[-2000:]
+
+
+def engine_role(stack: LocalStack, settings: dict) -> subprocess.CompletedProcess:
+    """Role llm_engine alone on the host, with these settings on top of the inventory's."""
+    return subprocess.run(
+        [
+            *("ansible", "node1", "-i", str(stack.inventory_dir), "-m", "ansible.builtin.include_role"),
+            *("-a", "name=llm_engine", "-e", json.dumps(settings)),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
