@@ -75,10 +75,10 @@ molecule: venv ## each role on its own with Molecule: create, converge, idempote
 	done
 
 integration: venv ## both topologies, edge and backups on fresh local hosts, idempotence, testinfra; torn down
-	$(BIN)/pytest -m integration tests/integration --ignore=tests/integration/test_real_engine.py
+	$(BIN)/pytest -m integration --durations=15 tests/integration --ignore=tests/integration/test_real_engine.py
 
 real-engine: venv ## the stack on a REAL engine: Ollama built from its Go module, a tiny random model; torn down
-	$(BIN)/pytest -m integration tests/integration/test_real_engine.py
+	$(BIN)/pytest -m integration --durations=10 tests/integration/test_real_engine.py
 
 cloud-prepare: venv ## build the local cloud's venv and the Pulumi engine (Go), once; cached
 	$(BIN)/llmcloud cloud prepare
@@ -88,7 +88,7 @@ TEST_CLOUD := $(CURDIR)/.cache/test-cloud
 
 provision: venv ## `pulumi up` for real: the program on a local OpenStack cloud with the Pulumi engine built from Go
 	$(BIN)/llmcloud cloud prepare
-	LLMCLOUD_TEST_CLOUD_DIR=$(TEST_CLOUD) $(BIN)/pytest -m openstack tests/provision; \
+	LLMCLOUD_TEST_CLOUD_DIR=$(TEST_CLOUD) $(BIN)/pytest -m openstack --durations=15 tests/provision; \
 	  status=$$?; $(BIN)/llmcloud cloud down --workdir $(TEST_CLOUD) >/dev/null 2>&1; exit $$status
 
 test: venv ## lint, unit, molecule, integration, provision and the real engine: the command CI runs
