@@ -28,6 +28,8 @@ from llmcloud.progress import Progress
 pytestmark = pytest.mark.integration
 
 MODEL = engine_ollama.MODEL_NAME
+# A second model beside Ollama (an engine TEST DOUBLE): the edge routes by the request's "model" field.
+SECOND = "llmcloud/second-double"
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +43,7 @@ def deployed(tmp_path_factory):
         http_port=42282,
         https_port=42245,
         idp_port=42292,
+        extra_models=(SECOND,),
         inventory_root=tmp_path_factory.mktemp("ollama"),
     )
     progress = Progress("citest ollama")
@@ -111,7 +114,17 @@ def test_the_openai_client_streams_real_tokens_through_the_edge(deployed):
     status = endpoint(stack)
     assert status["models"][0] == MODEL
     client = openai_client(status)
-    assert f"{MODEL}:latest" in [m.id for m in client.models.list().data]
+    # Ollama lists its model with its tag; that name is routed to it as well as the untagged one.
+    listed = sorted(m.id for m in client.models.list().data)
+    assert listed == sorted([f"{MODEL}:latest", SECOND]), listed
+    tagged = client.chat.completions.create(
+        model=f"{MODEL}:latest", messages=[{"role": "user", "content": "hi"}], max_tokens=2
+    )
+    assert tagged.usage.completion_tokens == 2
+    second = client.chat.completions.create(
+        model=SECOND, messages=[{"role": "user", "content": "hi"}], max_tokens=2
+    )
+    assert second.model == SECOND
     ask = {"model": MODEL, "temperature": 0, "seed": 7, "max_tokens": 12}
     short = client.chat.completions.create(messages=[{"role": "user", "content": "hi"}], **ask)
     longer = client.chat.completions.create(

@@ -204,6 +204,23 @@ def test_each_more_model_gets_its_own_pool_and_the_main_engine_keeps_its_names()
     assert plan["pools"][0]["servers"] == ["127.0.0.1:8081"]
 
 
+def test_an_ollama_model_is_routed_by_the_name_ollama_lists_too():
+    """Ollama serves llmcloud/tiny as llmcloud/tiny:latest and lists that name in /v1/models."""
+    models = [
+        {"model_id": "llmcloud/tiny", "port": 8081, "hosts": ["llm1"], "kind": "ollama"},
+        {"model_id": "llama3.2:1b", "port": 8082, "hosts": ["llm1"], "kind": "ollama"},
+        {"model_id": "org/chat", "port": 8083, "hosts": ["llm1"]},
+    ]
+    plan = upstreams.llmcloud_model_pools(models, ["m/main"], HOSTVARS, "edge1", ["llm1", "llm2"])
+    assert plan["routes"] == {
+        "m/main": 0,
+        "llmcloud/tiny": 1,
+        "llmcloud/tiny:latest": 1,
+        "llama3.2:1b": 2,  # tagged already
+        "org/chat": 3,  # not Ollama: its name only
+    }
+
+
 @pytest.mark.parametrize(
     ("models", "named"),
     [

@@ -50,6 +50,9 @@ def llmcloud_model_pools(models, default_names, hostvars, edge_host, llm_hosts):
             for host in model["hosts"]
         ]
         routes[name] = number
+        # Ollama serves an untagged name as name:latest, and lists it so in /v1/models: both pick its pool.
+        if model.get("kind") == "ollama" and ":" not in name.rsplit("/", 1)[-1]:
+            routes.setdefault(f"{name}:latest", number)
         pools.append({"index": number, "model": name, "servers": servers})
     configured = [list(default_names)] + [[pool["model"]] for pool in pools]
     return {"pools": pools, "routes": routes, "configured": configured}
