@@ -360,7 +360,11 @@ def _print_summary(status: dict) -> None:
         print(f"  try:       key=$(llmcloud local status --json --stack {status['stack']} | jq -r .api_key)")
         print(f'             curl --cacert {status["ca_bundle"]} -H "Authorization: Bearer $key" \\')
         print(f"               {status['url']}v1/chat/completions -H 'Content-Type: application/json' \\")
-        request = {"model": status["models"][0], "messages": [{"role": "user", "content": "Hi"}]}
+        request = {
+            "model": status["models"][0],
+            "messages": [{"role": "user", "content": "Hi"}],
+            "max_tokens": 32,  # a real engine without it writes until its context is full
+        }
         print(f"               -d '{json.dumps(request)}'")
     print(f"  engine:    {engine['note']}")
 
