@@ -146,7 +146,15 @@ def _build_image(client, progress, cache_dir: Path, ref: str, tarball: Path) -> 
         ):
             binary = context / "rootfs" / "usr" / "bin" / "ollama"
             binary.parent.mkdir(parents=True)
-            _build(source, binary, cache_dir)
+            peers.go_binary(
+                source,
+                ".",
+                binary,
+                cache_dir,
+                f"-X github.com/ollama/ollama/version.Version={OLLAMA_VERSION.removeprefix('v')}",
+                cgo=True,
+                fix="install gcc, g++ and Go 1.24 or newer, and check the Go module proxy",
+            )
             _libraries(binary, context / "rootfs")
             (context / "rootfs" / "root" / ".ollama").mkdir(parents=True)
             (context / "rootfs" / "tmp").mkdir()
@@ -282,28 +290,6 @@ def _miniaudio(dest: Path, cache_dir: Path) -> None:
             )
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_bytes(extracted.read())
-
-
-def _build(source: Path, binary: Path, cache_dir: Path) -> None:
-    env = {
-        **os.environ,
-        "CGO_ENABLED": "1",
-        "GOFLAGS": "-mod=mod",
-        "GOCACHE": str(cache_dir / "go-build"),
-    }
-    version = f"-X github.com/ollama/ollama/version.Version={OLLAMA_VERSION.removeprefix('v')}"
-    built = subprocess.run(
-        [_go(), "build", "-trimpath", f"-ldflags=-s -w {version}", "-o", str(binary), "."],
-        cwd=source,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    if built.returncode != 0:
-        raise UserError(
-            f"go build of Ollama {OLLAMA_VERSION} failed: {built.stderr.strip()[-600:]}",
-            "install gcc, g++ and Go 1.24 or newer, and check the Go module proxy",
-        )
 
 
 def _libraries(binary: Path, rootfs: Path) -> None:

@@ -31,11 +31,24 @@ def recipe_hash(directory: Path, *extra: str) -> str:
     return digest.hexdigest()[:12]
 
 
-def go_binary(source: Path, package: str, output: Path, cache_dir: Path, ldflags: str = "") -> None:
-    """Build a static Go binary of ``package`` with the module (go.mod, go.sum) in ``source``."""
+def go_binary(
+    source: Path,
+    package: str,
+    output: Path,
+    cache_dir: Path,
+    ldflags: str = "",
+    cgo: bool = False,
+    fix: str = "install Go 1.23 or newer (/usr/local/go or Debian's golang-go) and check the Go module proxy",
+) -> None:
+    """Build a Go binary of ``package`` with the module (go.mod, go.sum) in ``source``, static unless cgo."""
     system.ensure_packages({"go": "golang-go"})
     go = shutil.which("go") or "/usr/local/go/bin/go"
-    env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod", "GOCACHE": str(cache_dir / "go-build")}
+    env = {
+        **os.environ,
+        "CGO_ENABLED": "1" if cgo else "0",
+        "GOFLAGS": "-mod=mod",
+        "GOCACHE": str(cache_dir / "go-build"),
+    }
     built = subprocess.run(
         [go, "build", "-trimpath", f"-ldflags=-s -w {ldflags}".strip(), "-o", str(output), package],
         cwd=source,
@@ -44,10 +57,7 @@ def go_binary(source: Path, package: str, output: Path, cache_dir: Path, ldflags
         text=True,
     )
     if built.returncode != 0:
-        raise UserError(
-            f"go build of {package} failed: {built.stderr.strip()[-400:]}",
-            "install Go 1.23 or newer (/usr/local/go or Debian's golang-go) and check the Go module proxy",
-        )
+        raise UserError(f"go build of {package} failed: {built.stderr.strip()[-600:]}", fix)
 
 
 def save(client, ref: str, tarball: Path) -> Path:
