@@ -65,7 +65,7 @@ _SPECIAL += [f"<|reserved_special_token_{i}|>" for i in range(5, 5 + 256 - len(_
 
 def module_dir(cache_dir: Path) -> Path:
     """Ollama's module source, downloaded through the Go module proxy and checked against the pinned sum."""
-    go = _go()
+    go = peers.go_command()
     env = {**os.environ, "GOFLAGS": "-mod=mod", "GOCACHE": str(cache_dir / "go-build")}
     got = subprocess.run(
         [go, "mod", "download", "-json", f"{OLLAMA_MODULE}@{OLLAMA_VERSION}"],
@@ -248,11 +248,6 @@ def write_model(module: Path, out: Path) -> None:
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-
-
-def _go() -> str:
-    system.ensure_packages({"go": "golang-go"})
-    return shutil.which("go") or "/usr/local/go/bin/go"
 
 
 def _writable(tree: Path) -> None:

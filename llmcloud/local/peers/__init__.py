@@ -31,6 +31,12 @@ def recipe_hash(directory: Path, *extra: str) -> str:
     return digest.hexdigest()[:12]
 
 
+def go_command() -> str:
+    """The go command, installing Debian's golang-go when there is none."""
+    system.ensure_packages({"go": "golang-go"})
+    return shutil.which("go") or "/usr/local/go/bin/go"
+
+
 def go_binary(
     source: Path,
     package: str,
@@ -41,8 +47,7 @@ def go_binary(
     fix: str = "install Go 1.23 or newer (/usr/local/go or Debian's golang-go) and check the Go module proxy",
 ) -> None:
     """Build a Go binary of ``package`` with the module (go.mod, go.sum) in ``source``, static unless cgo."""
-    system.ensure_packages({"go": "golang-go"})
-    go = shutil.which("go") or "/usr/local/go/bin/go"
+    go = go_command()
     env = {
         **os.environ,
         "CGO_ENABLED": "1" if cgo else "0",
