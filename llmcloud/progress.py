@@ -10,9 +10,9 @@ from typing import TextIO
 
 
 class Progress:
-    def __init__(self, title: str, out: TextIO = sys.stderr):
+    def __init__(self, title: str, out: TextIO | None = None):
         self.title = title
-        self.out = out
+        self.out = out if out is not None else sys.stderr  # looked up now: tests and callers may redirect it
         self.start = time.monotonic()
         self.steps: list[tuple[str, float]] = []
 

@@ -101,18 +101,36 @@ class Cloud:
         return bool(services) and all(s.alive for s in services)
 
     # ---------------------------------------------------------------- up
+    #: How long `up`, `down` or `start_hypervisor` waits for another one on the same work dir (a cold `up`
+    #: on a busy machine takes minutes); past it, the error names the lock.
+    lock_wait_s: float = 1200.0
+
     @contextlib.contextmanager
-    def _exclusive(self) -> Iterator[None]:
-        """One `up` or `down` at a time per work dir: two would start or stop each other's processes."""
+    def _exclusive(self, progress: Progress | None = None) -> Iterator[None]:
+        """One `up` or `down` at a time per work dir: two would start or stop each other's processes.
+
+        A second caller waits for the first (then usually finds the cloud up), up to ``lock_wait_s``."""
         self.work.mkdir(mode=0o700, parents=True, exist_ok=True)
         with open(self.work / ".lock", "w") as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise CloudError(
-                    f"another `llmcloud cloud up` or `down` is working on {self.work}",
-                    "wait for it to finish (or stop it), then try again",
-                ) from None
+            deadline = time.monotonic() + self.lock_wait_s
+            waiting = False
+            while True:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise CloudError(
+                            f"another `llmcloud cloud up` or `down` has been working on {self.work} "
+                            f"for more than {self.lock_wait_s:.0f} s",
+                            "wait for it to finish (or stop it), then try again",
+                        ) from None
+                    if not waiting:
+                        (progress or Progress("llmcloud cloud")).log(
+                            f"another `llmcloud cloud up` or `down` is working on {self.work}: waiting for it"
+                        )
+                        waiting = True
+                    time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
             yield
 
     def up(
@@ -123,7 +141,7 @@ class Cloud:
         boot: bool = True,
     ) -> Settings:
         """Start the cloud; with ``boot``, its hypervisor too: every ACTIVE server boots as a target host."""
-        with self._exclusive():
+        with self._exclusive(progress):
             return self._up(port_base, progress, install_packages, boot)
 
     def _up(self, port_base: int, progress: Progress | None, install_packages: bool, boot: bool) -> Settings:
@@ -189,7 +207,7 @@ class Cloud:
 
     def start_hypervisor(self, progress: Progress | None = None) -> None:
         """Start the hypervisor of a cloud started without it (`up --no-boot`); nothing if it runs."""
-        with self._exclusive():
+        with self._exclusive(progress):
             settings = self.settings()
             self._start_hypervisor(settings, Configs(settings), progress or Progress("hypervisor"))
 

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import fcntl
+import threading
+import time
 from pathlib import Path
 
+import pytest
+
 from llmcloud.cloud.configs import Configs, Ports, Settings, render_ini
+from llmcloud.cloud.controlplane import Cloud, CloudError
 from llmcloud.config import parse
 from llmcloud.provision.preflight import plan
 from tests.unit.test_config import BASE
@@ -66,3 +72,41 @@ def test_preflight_plans_what_the_stack_adds():
         "llm-t-llm2-data": cfg.engine_node.data_volume_size,
     }
     assert need.boot_gb == {"llm-t-llm1": 40, "llm-t-llm2": 40}  # the edge boots from its flavor's disk
+
+
+def _hold_lock(work: Path, seconds: float) -> threading.Thread:
+    """Another `up` on the same work dir: its own open file, so flock conflicts as between processes."""
+    work.mkdir(parents=True, exist_ok=True)
+    held = threading.Event()
+
+    def hold() -> None:
+        with open(work / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            held.set()
+            time.sleep(seconds)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    held.wait(5)
+    return thread
+
+
+def test_a_second_up_waits_for_the_first_and_says_so(tmp_path, capfd):
+    cloud = Cloud(tmp_path / "cloud")
+    holder = _hold_lock(cloud.work, 0.8)
+    start = time.monotonic()
+    with cloud._exclusive():
+        waited = time.monotonic() - start
+    holder.join()
+    assert waited >= 0.5
+    said = capfd.readouterr()
+    assert "is working on" in said.out + said.err
+
+
+def test_a_second_up_gives_up_after_its_bound_and_names_the_work_dir(tmp_path):
+    cloud = Cloud(tmp_path / "cloud")
+    cloud.lock_wait_s = 0.3
+    holder = _hold_lock(cloud.work, 1.5)
+    with pytest.raises(CloudError, match=str(cloud.work)), cloud._exclusive():
+        pass
+    holder.join()
