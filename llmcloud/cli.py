@@ -3,6 +3,7 @@
 llmcloud local up [--topology single|split] [--engines N] [--engine double|ollama] [--extra-model NAME]
                   [--hosts-only]
 llmcloud local ollama                        build the real engine's image and tiny model (once)
+llmcloud local open-webui                    build the chat UI's local image (Open WebUI from PyPI, once)
 llmcloud local down | status [--json]
 llmcloud converge [-i inventory/<stack>]
 llmcloud verify   [-i inventory/<stack>]
@@ -95,6 +96,11 @@ def parser() -> argparse.ArgumentParser:
         "ollama",
         help="build the real engine of --engine ollama if needed (Ollama from its Go module, about 10 "
         "minutes once; a tiny random model); print the image and the model file",
+    )
+    lsub.add_parser(
+        "open-webui",
+        help="build the chat UI's local image if needed (Open WebUI from PyPI, 1.3 GB, a few minutes once); "
+        "print the image, its tarball, its size and the build time",
     )
     status = lsub.add_parser("status", help="show the hosts of a stack")
     _stack_args(status)
@@ -432,6 +438,20 @@ def _dispatch(args) -> int:
         progress = Progress("Ollama")
         print(engine_ollama.ensure(system.docker_client(), progress, REPO_ROOT / ".cache" / "images")[0])
         print(engine_ollama.tiny_model(progress, REPO_ROOT / ".cache" / "models")[0])
+        return 0
+    if args.action == "open-webui":
+        from llmcloud.local import image, peers, system
+
+        progress = Progress("Open WebUI")
+        client = system.docker_client()
+        began = time.monotonic()
+        ref, tarball = peers.open_webui(
+            client, progress, image.ensure(client, progress), REPO_ROOT / ".cache" / "images"
+        )
+        size = client.images.get(ref).attrs["Size"]
+        print(
+            f"{ref}\n{tarball}\nsize {size / 1e9:.2f} GB, built or found in {time.monotonic() - began:.0f} s"
+        )
         return 0
     stack = _local_stack(args)
     if args.action == "status":

@@ -129,3 +129,56 @@ def oidc_mock(client, progress, base_ref: str) -> str:
         shutil.copy(source / "Dockerfile", context)
         client.images.build(path=context, tag=ref, rm=True, buildargs={"BASE": base_ref})
     return ref
+
+
+OPEN_WEBUI_VERSION = "v0.12.4"
+#: Wheels the closure in open-webui/requirements.txt was resolved for (Debian 12: glibc 2.36, Python 3.11.2).
+_MANYLINUX = (
+    "manylinux2014_x86_64",
+    "manylinux_2_17_x86_64",
+    "manylinux_2_28_x86_64",
+    "manylinux_2_34_x86_64",
+)
+
+
+def open_webui(client, progress, base_ref: str, cache_dir: Path) -> tuple[str, Path]:
+    """(image reference, tarball) of Open WebUI from PyPI (LOCAL stacks and tests), cached by its pins.
+
+    Built once (about 1.3 GB, a few minutes); production uses the upstream image at the same version.
+    """
+    import fcntl
+
+    source = HERE / "open-webui"
+    ref = f"llmcloud/open-webui:{OPEN_WEBUI_VERSION}-{recipe_hash(source, base_ref)}"
+    tarball = cache_dir / f"open-webui-{ref.rsplit(':', 1)[1]}.tar"
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with open(cache_dir / "open-webui.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a second caller waits for the first build, then finds it cached
+        if tarball.is_file() and client.images.list(name=ref):
+            progress.log(f"Open WebUI {ref} is cached")
+            return ref, tarball
+        if not client.images.list(name=ref):
+            with (
+                tempfile.TemporaryDirectory(prefix="llmcloud-open-webui-", dir=cache_dir) as context,
+                progress.step(f"build the chat UI image {ref} (Open WebUI from PyPI, 1.3 GB, once)"),
+            ):
+                platforms = [arg for tag in _MANYLINUX for arg in ("--platform", tag)]
+                installed = subprocess.run(
+                    [
+                        *(sys.executable, "-m", "pip", "install", "--quiet", "--no-deps"),
+                        *("--only-binary=:all:", "--python-version", "3.11.2", *platforms),
+                        *("--target", str(Path(context) / "site"), "-r", str(source / "requirements.txt")),
+                    ],
+                    capture_output=True,
+                    text=True,
+                )
+                if installed.returncode != 0:
+                    raise UserError(
+                        f"pip could not fetch Open WebUI's packages: {installed.stderr.strip()[-400:]}",
+                        "check that PyPI is reachable (llmcloud/local/peers/open-webui/requirements.txt)",
+                    )
+                shutil.copy(source / "Dockerfile", context)
+                client.images.build(path=context, tag=ref, rm=True, buildargs={"BASE": base_ref})
+        with progress.step(f"save {ref} for preloading"):
+            save(client, ref, tarball)
+    return ref, tarball
