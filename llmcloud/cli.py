@@ -82,6 +82,13 @@ def parser() -> argparse.ArgumentParser:
         "Ollama built here from its Go module with a tiny random model (nonsense text, real engine; the "
         "first build takes about 10 minutes)",
     )
+    up.add_argument(
+        "--chat-ui",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the chat UI for people at / (Open WebUI; its image is built here from PyPI once, 1.5 GB, about "
+        "2 minutes); on by default",
+    )
     up.add_argument("--hosts-only", action="store_true", help="start hosts and write the inventory only")
     down = lsub.add_parser("down", help="remove the hosts, network, volumes and inventory of a stack")
     _stack_args(down)
@@ -335,6 +342,7 @@ def _local_stack(args):
         "idp_port",
         "extra_models",
         "engine",
+        "chat_ui",
     )
     overrides = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
     if overrides.get("topology") == "single" and "engines" not in overrides:

@@ -98,6 +98,8 @@ class LocalStack:
     extra_models: tuple[str, ...] = ()
     #: The main engine: "double" (the engine TEST DOUBLE), "ollama" (Ollama built here, a tiny random model).
     engine: str = "double"
+    #: The chat UI for people (Open WebUI at /, role open_webui): its image is built here from PyPI (1.5 GB).
+    chat_ui: bool = True
 
     def __post_init__(self) -> None:
         self.inventory_root = Path(self.inventory_root).resolve()
@@ -192,6 +194,9 @@ class LocalStack:
             self._oauth2_proxy = peers.oauth2_proxy(client, progress, REPO_ROOT / ".cache" / "images")
         with progress.step("identity provider image (oidc-provider-mock)"):
             idp_image = peers.oidc_mock(client, progress, ref)
+        if self.chat_ui:
+            with progress.step(f"chat UI image (Open WebUI {peers.OPEN_WEBUI_VERSION} from PyPI)"):
+                self._open_webui = peers.open_webui(client, progress, ref, REPO_ROOT / ".cache" / "images")
         ssh_dir = self.inventory_dir / "ssh"
         with progress.step("SSH keys"):
             deploy_pub = ensure_ed25519(ssh_dir / "deploy_ed25519", f"deploy@llmcloud-{self.name}")
@@ -462,7 +467,15 @@ class LocalStack:
                         if self.engine == "ollama"
                         else []
                     ),
+                    *(
+                        [{"path": str(self._open_webui[1]), "name": self._open_webui[0]}]
+                        if self.chat_ui
+                        else []
+                    ),
                 ],
+                # The chat UI at / (Open WebUI, built here from its PyPI package at the pinned version).
+                "open_webui_enabled": self.chat_ui,
+                **({"open_webui_image": self._open_webui[0]} if self.chat_ui else {}),
                 **self._engine_vars(),
                 # More models: one more TEST DOUBLE per name on every engine host, routed by the edge.
                 "llmcloud_extra_models": [

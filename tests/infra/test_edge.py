@@ -127,8 +127,55 @@ def test_forged_identity_gets_no_access(host, edge, headers):
     ],
 )
 def test_engine_internals_and_path_tricks_never_reach_the_engine(host, edge, path):
-    status, _ = request(host, edge, path)
-    assert status in (400, 401, 404), f"{path} answered {status}"
+    status, head = request(host, edge, path)
+    if status == 302:  # with the chat UI, other paths are its pages: behind the sign-in, never the engine's
+        assert "location: /oauth2/start" in head.lower(), head
+    else:
+        assert status in (400, 401, 404), f"{path} answered {status}"
+
+
+@pytest.fixture
+def chat_ui(hostvars, edge) -> int:
+    """Open WebUI's loopback port, where the chat UI is on (role open_webui)."""
+    if not hostvars.get("open_webui_enabled", True) or not hostvars.get("nginx_auth_enabled", True):
+        pytest.skip("no chat UI on this edge (open_webui_enabled: false)")
+    return int(hostvars.get("open_webui_port", 8090))
+
+
+def test_chat_ui_runs_on_loopback_only_with_its_data_kept_private(host, chat_ui):
+    assert host.docker("open-webui").is_running
+    sockets = [s for s in host.socket.get_listening_sockets() if s.endswith(f":{chat_ui}")]
+    assert sockets and all(s.startswith("tcp://127.0.0.1:") for s in sockets), sockets
+    data = host.file("/var/lib/llmcloud/open-webui")
+    assert data.is_directory and data.user == "root" and data.mode == 0o700
+    assert host.file("/var/lib/llmcloud/open-webui/webui.db").exists
+    inspect = host.run("docker inspect open-webui").stdout
+    assert "OFFLINE_MODE=true" in inspect and "ANONYMIZED_TELEMETRY=false" in inspect
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"X-Forwarded-Email": "alice@example.org", "X-Forwarded-User": "alice"},
+        {"X-Auth-Request-Email": "alice@example.org"},
+        {"Cookie": "_llmcloud=forged"},
+    ],
+)
+def test_chat_ui_only_after_the_sign_in_whatever_a_client_claims(host, edge, chat_ui, headers):
+    for path in ("/", "/api/v1/auths/", "/api/models"):
+        status, head = request(host, edge, path, headers=headers)
+        assert status == 302 and "location: /oauth2/start" in head.lower(), (path, head)
+
+
+def test_chat_ui_reaches_the_engines_on_loopback_only(host, hostvars, chat_ui):
+    port = int(hostvars.get("nginx_chat_ui_engine_port", 8089))
+    sockets = [s for s in host.socket.get_listening_sockets() if s.endswith(f":{port}")]
+    assert sockets and all(s.startswith("tcp://127.0.0.1:") for s in sockets), sockets
+    models = host.run("curl -s --max-time 20 http://127.0.0.1:%s/v1/models", str(port))
+    assert models.rc == 0 and '"data"' in models.stdout, models.stdout
+    internals = host.run("curl -s -o /dev/null -w '%%{http_code}' http://127.0.0.1:%s/metrics", str(port))
+    assert internals.stdout == "404"
 
 
 def test_login_and_key_store_kept_secret(host, edge):

@@ -43,6 +43,7 @@ def stack(tmp_path_factory):
         http_port=42380,
         https_port=42343,
         idp_port=42390,
+        chat_ui=False,  # covered by the single stack of test_local_stack
     )
     progress = Progress("citest backup")
     stack.down(progress)  # what a killed earlier run may have left under this stack's name

@@ -52,6 +52,8 @@ TOPOLOGIES = {
         "idp_token_max_age": 20,
         # A second model (an embeddings engine, as RAG tools want) on both engine hosts, routed by "model".
         "extra_models": (EMBEDDINGS_MODEL,),
+        # The chat UI lives in the edge's nginx and its own container: the single stack covers it.
+        "chat_ui": False,
     },
 }
 
@@ -238,10 +240,10 @@ def test_browser_login_reaches_the_engine_and_streams(deployed):
     status = endpoint(stack)
     s, landing = browser_login(status, "alice")
     assert landing.status_code == 200 and landing.url == status["url"]
-    assert (
-        landing.headers["X-Signed-In-As"] == "alice@example.org"
-        or landing.headers["X-Signed-In-As"] == "alice"
-    )
+    if stack.chat_ui:  # the chat UI's page, for signed-in people only
+        assert "<title>Open WebUI</title>" in landing.text, landing.text[:300]
+    else:
+        assert landing.headers["X-Signed-In-As"] in ("alice@example.org", "alice")
     reply = s.post(
         status["openai_base_url"] + "/chat/completions",
         json={
@@ -674,6 +676,58 @@ def test_prometheus_in_a_real_browser_for_an_admin(deployed):
         assert not csp_violations(driver)
     finally:
         driver.quit()
+
+
+def test_chat_ui_in_a_real_browser(deployed):
+    """Chromium opens the endpoint: alice signs in at the identity provider, lands in Open WebUI's chat (no
+    second password), sends a prompt and sees the engine's streamed reply appear; mallory is refused at the
+    login. Screenshot: chat-ui-single.png in the artifacts."""
+    from browser import artifacts, chromium, sign_in_at_the_mock_provider, spki_pin
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support import expected_conditions as ready
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    stack, _ = deployed
+    if not stack.chat_ui:
+        pytest.skip("no chat UI on this stack (the single stack covers it)")
+    status = endpoint(stack)
+    pin = spki_pin("127.0.0.1", stack.https_port)
+    driver = chromium(pin)
+    shot = artifacts() / f"chat-ui-{stack.topology}.png"
+    try:
+        driver.get(status["url"])
+        sign_in_at_the_mock_provider(driver, "alice")
+        try:
+            WebDriverWait(driver, 120).until(ready.presence_of_element_located((By.ID, "chat-input")))
+            # Open WebUI greets a first visit with its release notes: close them as a person would.
+            for button in driver.find_elements(By.XPATH, '//button[contains(., "Okay, Let\'s Go!")]'):
+                button.click()
+            box = WebDriverWait(driver, 30).until(ready.element_to_be_clickable((By.ID, "chat-input")))
+            box.click()
+            box.send_keys("Say hello to the summer school")
+            box.send_keys(Keys.ENTER)
+            # The engine TEST DOUBLE's reply appears as it streams in.
+            WebDriverWait(driver, 90).until(
+                lambda d: "this is the" in d.find_element(By.TAG_NAME, "body").text.lower()
+            )
+        finally:
+            driver.save_screenshot(str(shot))
+            shot.with_suffix(".html").write_text(driver.page_source)
+        assert driver.current_url.startswith(status["url"]), driver.current_url
+        assert "Say hello to the summer school" in driver.find_element(By.TAG_NAME, "body").text
+    finally:
+        driver.quit()
+    refused = chromium(pin)
+    try:
+        refused.get(status["url"])
+        sign_in_at_the_mock_provider(refused, "mallory")
+        WebDriverWait(refused, 60).until(lambda d: "403" in d.page_source or "Forbidden" in d.page_source)
+        assert "Open WebUI" not in refused.title
+        assert not refused.find_elements(By.ID, "chat-input")
+    finally:
+        refused.save_screenshot(str(artifacts() / f"chat-ui-{stack.topology}-mallory.png"))
+        refused.quit()
 
 
 RECEIVER = """

@@ -43,6 +43,7 @@ def deployed(tmp_path_factory):
         http_port=42282,
         https_port=42245,
         idp_port=42292,
+        chat_ui=False,  # covered by the single stack of test_local_stack
         extra_models=(SECOND,),
         inventory_root=tmp_path_factory.mktemp("ollama"),
     )

@@ -110,6 +110,9 @@ def write_peer_settings(inventory_dir: Path, built: dict[str, tuple[str, Path]],
         "llm_engine_healthcheck_test": ["CMD", "/engine-double", "-healthcheck", "--port", "80"],
         "llm_engine_health_timeout": 300,
         "oauth2_proxy_image": proxy_ref,
+        # The chat UI (role open_webui) is covered by the integration suite; here its 1.5 GB image would be
+        # copied into every booted edge.
+        "open_webui_enabled": False,
         "oauth2_proxy_issuer_url": idp_url,  # plain http: the local provider has no certificate
         # Self-signed (no public ACME CA here): the certificate names the domain and the entry address,
         # and its CA comes back to the inventory for clients.
