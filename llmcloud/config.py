@@ -428,6 +428,20 @@ class Monitoring(_Model):
         return self
 
 
+class ChatUi(_Model):
+    """Open WebUI for people at https://<domain>/ behind the same login (role open_webui)."""
+
+    enabled: bool = True
+    #: The chat UI's admin (an e-mail the login lets in); default the first of monitoring.admins or
+    #: auth.allowedEmails.
+    admin: str | None = None
+
+    @field_validator("admin")
+    @classmethod
+    def _admin(cls, value: str | None) -> str | None:
+        return _check_emails([value])[0] if value is not None else None
+
+
 class Tls(_Model):
     mode: TlsMode = TlsMode.acme_http01
     acme_email: str | None = None
@@ -490,6 +504,7 @@ class StackConfig(_Model):
     tls: Tls = Field(default={}, validate_default=True)  # validated: acme modes need acmeEmail
     backup: Backup = Backup()
     monitoring: Monitoring = Monitoring()
+    chat_ui: ChatUi = ChatUi()
     #: Run Ansible and the checks after the VMs exist.
     configure: bool = True
     #: Seconds `pulumi up` waits for each VM's SSH and cloud-init before it fails.
@@ -581,6 +596,12 @@ class StackConfig(_Model):
             problems.append(
                 f"models: {', '.join(twice)} served twice (engine.modelId and models[].modelId name "
                 "one model each; clients pick by that name)"
+            )
+        admin = self.chat_ui.admin or self.monitoring.admins or self.auth.allowed_emails
+        if self.chat_ui.enabled and not admin:
+            problems.append(
+                "chatUi needs an admin: set chatUi.admin (an e-mail the login lets in), or "
+                "monitoring.admins or auth.allowedEmails, or turn the chat UI off with chatUi.enabled: false"
             )
         if self.oauth_client_secret is None:
             problems.append("oauthClientSecret is required: pulumi config set --secret oauthClientSecret ...")

@@ -77,6 +77,8 @@ def group_vars(cfg: StackConfig) -> dict[str, Any]:
         "monitoring_alert_email_smarthost": cfg.monitoring.alert_smarthost,
         "nginx_admin_emails": list(cfg.monitoring.admins),
         "nginx_admin_groups": list(cfg.monitoring.admin_groups),
+        "open_webui_enabled": cfg.chat_ui.enabled,
+        **({"open_webui_admin_email": cfg.chat_ui.admin} if cfg.chat_ui.admin else {}),
     }
 
 

@@ -18,6 +18,7 @@ BASE = {
     "sshPublicKey": KEY,
     "reach": {"floatingIpPool": "public"},
     "auth": {"provider": "lifescience", "clientId": "abc", "allowedEmailDomains": ["example.org"]},
+    "chatUi": {"admin": "admin@example.org"},
     "tls": {"acmeEmail": "admin@example.org"},
     "oauthClientSecret": "s3cret",
 }
@@ -152,6 +153,8 @@ BAD = [
     ({"cookieSecret": "short"}, "cookieSecret"),
     ({"domian": "llm.example.org"}, "llmcloud:domian: is not a known setting"),
     ({"domain": DELETE}, "llmcloud:domain: is required"),
+    ({"chatUi": DELETE}, "chatUi needs an admin: set chatUi.admin"),
+    ({"chatUi": {"admin": "not-an-email"}}, "llmcloud:chatUi.admin"),
 ]
 
 
@@ -212,3 +215,14 @@ def test_schema_is_the_one_source_of_settings():
 def test_an_exact_image_alone_replaces_the_default_pattern():
     cfg = parse({**BASE, "engineNode": {"image": "Ubuntu-24.04-20260901"}})
     assert (cfg.engine_node.image, cfg.engine_node.image_pattern) == ("Ubuntu-24.04-20260901", None)
+
+
+def test_chat_ui_admin_comes_from_the_stack_or_is_not_needed_when_off():
+    from llmcloud.provision.program import group_vars
+
+    assert group_vars(parse(BASE))["open_webui_admin_email"] == "admin@example.org"
+    # Without chatUi.admin: the role takes the first of monitoring.admins (nginx_admin_emails).
+    cfg = parse(with_(chatUi=DELETE, monitoring__admins=["ops@example.org"]))
+    assert "open_webui_admin_email" not in group_vars(cfg) and group_vars(cfg)["open_webui_enabled"]
+    off = group_vars(parse(with_(chatUi={"enabled": False})))
+    assert off["open_webui_enabled"] is False
