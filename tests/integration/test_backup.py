@@ -43,7 +43,7 @@ def stack(tmp_path_factory):
         http_port=42380,
         https_port=42343,
         idp_port=42390,
-        chat_ui=False,  # covered by the single stack of test_local_stack
+        # The chat UI's data (users, chats) is in the edge's backups: the restore test brings it back.
     )
     progress = Progress("citest backup")
     stack.down(progress)  # what a killed earlier run may have left under this stack's name
@@ -365,11 +365,36 @@ def served_certificate(stack: LocalStack) -> bytes:
     return ssl.PEM_cert_to_DER_cert(ssl.get_server_certificate(("127.0.0.1", stack.https_port), timeout=10))
 
 
+def chat_ui_call(stack: LocalStack, method: str, path: str, body: dict | None = None):
+    """One call to the chat UI's API as alice: signed in at the identity provider, then at the UI through the
+    edge (which tells it who she is)."""
+    from llmcloud.local.login import browser_login
+
+    status = endpoint(stack)
+    session, _ = browser_login(status, "alice")
+    signin = {"email": "", "password": ""}
+    token = session.post(status["url"] + "api/v1/auths/signin", json=signin, timeout=60)
+    assert token.status_code == 200, token.text
+    reply = session.request(
+        method,
+        status["url"] + path,
+        json=body,
+        headers={"Authorization": f"Bearer {token.json()['token']}"},
+        timeout=60,
+    )
+    assert reply.status_code == 200, (path, reply.status_code, reply.text[:300])
+    return reply.json()
+
+
 def test_restore_onto_fresh_hosts(stack):
     """Lost VMs: new, empty llm1 and edge1 come up, restore.yml brings back their state, and the service comes
     back with the same certificate and keys: identical files, the same served certificate, a valid API key."""
     import requests
 
+    # A person's chat in the chat UI (Open WebUI, signed in through the edge): it must come back too.
+    chat_title = f"restore me {time.time_ns()}"
+    new_chat = {"chat": {"title": chat_title, "messages": []}}
+    chat_id = chat_ui_call(stack, "POST", "api/v1/chats/new", new_chat)["id"]
     run = playbook(stack, "backup.yml")
     assert run.returncode == 0, run.stdout[-3000:]
     before = {host: checksums(stack, host) for host in (SOURCE, "edge1")}
@@ -396,6 +421,8 @@ def test_restore_onto_fresh_hosts(stack):
         missing_or_changed = {p for p in before[host] if before[host][p] != after.get(p)}
         assert not missing_or_changed, f"{host}: {sorted(missing_or_changed)}"
     assert served_certificate(stack) == certificate, "the edge serves a new certificate, not the restored one"
+    chats = chat_ui_call(stack, "GET", "api/v1/chats/")
+    assert [c["title"] for c in chats if c["id"] == chat_id] == [chat_title], "the chat UI lost alice's chat"
 
     status = endpoint(stack)
     reply = requests.get(
