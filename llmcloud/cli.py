@@ -97,7 +97,7 @@ def parser() -> argparse.ArgumentParser:
     lsub.add_parser(
         "images",
         help="build every image the local stack and the local cloud use, if needed (base, VM, engine test "
-        "double, oauth2-proxy, identity provider); print their references",
+        "double, oauth2-proxy, identity provider, chat UI); print their references",
     )
     lsub.add_parser(
         "ollama",
@@ -437,6 +437,7 @@ def _dispatch(args) -> int:
             engine_double.ensure(client, progress, cache)[0],
             peers.oauth2_proxy(client, progress, cache)[0],
             peers.oidc_mock(client, progress, base),
+            peers.open_webui(client, progress, base, cache)[0],
         ):
             print(ref)
         return 0
