@@ -112,23 +112,37 @@ def oidc_mock(client, progress, base_ref: str) -> str:
         tempfile.TemporaryDirectory(prefix="llmcloud-oidc-mock-") as context,
         progress.step(f"build the identity provider image {ref} (oidc-provider-mock)"),
     ):
-        installed = subprocess.run(
-            [
-                *(sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--only-binary=:all:"),
-                *("--python-version", "3.11", "--platform", "manylinux2014_x86_64"),
-                *("--target", str(Path(context) / "site"), "-r", str(source / "requirements.txt")),
-            ],
-            capture_output=True,
-            text=True,
-        )
-        if installed.returncode != 0:
-            raise UserError(
-                f"pip could not fetch oidc-provider-mock: {installed.stderr.strip()[-300:]}",
-                "check that PyPI is reachable",
-            )
-        shutil.copy(source / "Dockerfile", context)
-        client.images.build(path=context, tag=ref, rm=True, buildargs={"BASE": base_ref})
+        _build_from_pypi(client, source, Path(context), ref, base_ref, "oidc-provider-mock", "3.11")
     return ref
+
+
+def _build_from_pypi(
+    client,
+    source: Path,
+    context: Path,
+    ref: str,
+    base_ref: str,
+    what: str,
+    python_version: str,
+    platforms: tuple[str, ...] = ("manylinux2014_x86_64",),
+) -> None:
+    """Build ``source``'s Dockerfile on the hosts' base image, its pinned wheels installed here into site/."""
+    installed = subprocess.run(
+        [
+            *(sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--only-binary=:all:"),
+            *("--python-version", python_version, *(arg for tag in platforms for arg in ("--platform", tag))),
+            *("--target", str(context / "site"), "-r", str(source / "requirements.txt")),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    if installed.returncode != 0:
+        raise UserError(
+            f"pip could not fetch {what}: {installed.stderr.strip()[-400:]}",
+            f"check that PyPI is reachable (llmcloud/local/peers/{source.name}/requirements.txt)",
+        )
+    shutil.copy(source / "Dockerfile", context)
+    client.images.build(path=str(context), tag=ref, rm=True, buildargs={"BASE": base_ref})
 
 
 OPEN_WEBUI_VERSION = "v0.12.4"
@@ -144,7 +158,7 @@ _MANYLINUX = (
 def open_webui(client, progress, base_ref: str, cache_dir: Path) -> tuple[str, Path]:
     """(image reference, tarball) of Open WebUI from PyPI (LOCAL stacks and tests), cached by its pins.
 
-    Built once (about 1.3 GB, a few minutes); production uses the upstream image at the same version.
+    Built once (about 1.5 GB, a few minutes); production uses the upstream image at the same version.
     """
     import fcntl
 
@@ -160,25 +174,10 @@ def open_webui(client, progress, base_ref: str, cache_dir: Path) -> tuple[str, P
         if not client.images.list(name=ref):
             with (
                 tempfile.TemporaryDirectory(prefix="llmcloud-open-webui-", dir=cache_dir) as context,
-                progress.step(f"build the chat UI image {ref} (Open WebUI from PyPI, 1.3 GB, once)"),
+                progress.step(f"build the chat UI image {ref} (Open WebUI from PyPI, 1.5 GB, once)"),
             ):
-                platforms = [arg for tag in _MANYLINUX for arg in ("--platform", tag)]
-                installed = subprocess.run(
-                    [
-                        *(sys.executable, "-m", "pip", "install", "--quiet", "--no-deps"),
-                        *("--only-binary=:all:", "--python-version", "3.11.2", *platforms),
-                        *("--target", str(Path(context) / "site"), "-r", str(source / "requirements.txt")),
-                    ],
-                    capture_output=True,
-                    text=True,
-                )
-                if installed.returncode != 0:
-                    raise UserError(
-                        f"pip could not fetch Open WebUI's packages: {installed.stderr.strip()[-400:]}",
-                        "check that PyPI is reachable (llmcloud/local/peers/open-webui/requirements.txt)",
-                    )
-                shutil.copy(source / "Dockerfile", context)
-                client.images.build(path=context, tag=ref, rm=True, buildargs={"BASE": base_ref})
+                what = "Open WebUI's packages"
+                _build_from_pypi(client, source, Path(context), ref, base_ref, what, "3.11.2", _MANYLINUX)
         with progress.step(f"save {ref} for preloading"):
             save(client, ref, tarball)
     return ref, tarball
