@@ -364,7 +364,9 @@ def _print_summary(status: dict) -> None:
     print(f"  backups:   make backup | backup-drill | restore INVENTORY={status['inventory']}")
     print(f"  watch:     llmcloud status -i {status['inventory']}  (or make monitor)")
     if status.get("url"):
-        print(f"  endpoint:  {status['url']}  (log in as {status['login']['user']} at the provider's form)")
+        what = "the chat UI; " if status.get("chat_ui") else ""
+        user = status["login"]["user"]
+        print(f"  endpoint:  {status['url']}  ({what}log in as {user} at the provider's form)")
         print(f"  CA:        {status['ca_bundle']}  (the internal CA that signed the edge certificate)")
         admin = status["login"]["user"]
         print(f"  metrics:   {status['url']}prometheus/  (Prometheus; {admin} is its admin here)")

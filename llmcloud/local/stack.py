@@ -593,6 +593,7 @@ class LocalStack:
                 "openai_base_url": f"https://localhost:{self.https_port}/v1",
                 "models": [self.main_model, *self.extra_models],
                 "login": {"user": DEMO_USERS[0]["sub"], "provider": self._idp_url_of(client)},
+                "chat_ui": self.chat_ui,
             }
         return {
             "stack": self.name,
