@@ -106,7 +106,7 @@ def parser() -> argparse.ArgumentParser:
     )
     lsub.add_parser(
         "open-webui",
-        help="build the chat UI's local image if needed (Open WebUI from PyPI, 1.3 GB, a few minutes once); "
+        help="build the chat UI's local image if needed (Open WebUI from PyPI, 1.5 GB, a few minutes once); "
         "print the image, its tarball, its size and the build time",
     )
     status = lsub.add_parser("status", help="show the hosts of a stack")
@@ -368,8 +368,7 @@ def _print_summary(status: dict) -> None:
         user = status["login"]["user"]
         print(f"  endpoint:  {status['url']}  ({what}log in as {user} at the provider's form)")
         print(f"  CA:        {status['ca_bundle']}  (the internal CA that signed the edge certificate)")
-        admin = status["login"]["user"]
-        print(f"  metrics:   {status['url']}prometheus/  (Prometheus; {admin} is its admin here)")
+        print(f"  metrics:   {status['url']}prometheus/  (Prometheus; {user} is its admin here)")
         print(f"  API key:   llmcloud local status --json --stack {status['stack']} | jq -r .api_key")
         if len(status["models"]) > 1:
             print(f'  models:    {", ".join(status["models"])}  (the request\'s "model" picks one)')

@@ -18,7 +18,6 @@ OpenStack stacks run the upstream image (``llm_engine_images.ollama``) with a re
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -100,26 +99,12 @@ def ensure(client, progress, cache_dir: Path) -> tuple[str, Path]:
     """(image reference, tarball) of Ollama, built from the pinned module when not cached."""
     ref = f"{REPOSITORY}:{image_tag()}"
     tarball = cache_dir / f"ollama-{image_tag()}.tar"
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    # One build at a time (`make test` starts one in the background): a second caller waits, then finds it.
-    with open(cache_dir / "ollama.lock", "w") as lock:
-        if not tarball.is_file() and _locked(lock):
-            progress.log("waiting for another build of the Ollama image to finish")
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with peers.build_lock(cache_dir, "ollama", progress, "the Ollama image"):
         if tarball.is_file():
             progress.log(f"Ollama {ref} is cached")
             return ref, tarball
         _build_image(client, progress, cache_dir, ref, tarball)
     return ref, tarball
-
-
-def _locked(lock) -> bool:
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    fcntl.flock(lock, fcntl.LOCK_UN)
-    return False
 
 
 def _build_image(client, progress, cache_dir: Path, ref: str, tarball: Path) -> None:

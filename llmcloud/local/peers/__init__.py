@@ -7,12 +7,15 @@ OpenStack stacks use the upstream oauth2-proxy image and a real provider.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from llmcloud.errors import UserError
@@ -63,6 +66,20 @@ def go_binary(
     )
     if built.returncode != 0:
         raise UserError(f"go build of {package} failed: {built.stderr.strip()[-600:]}", fix)
+
+
+@contextlib.contextmanager
+def build_lock(cache_dir: Path, name: str, progress, what: str) -> Iterator[None]:
+    """One build of ``what`` at a time (`make test` starts some in the background): a second caller says it
+    waits, waits, then finds the first one's result in the cache."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with open(cache_dir / f"{name}.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            progress.log(f"waiting for another build of {what} to finish")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def save(client, ref: str, tarball: Path) -> Path:
@@ -160,14 +177,10 @@ def open_webui(client, progress, base_ref: str, cache_dir: Path) -> tuple[str, P
 
     Built once (about 1.5 GB, a few minutes); production uses the upstream image at the same version.
     """
-    import fcntl
-
     source = HERE / "open-webui"
     ref = f"llmcloud/open-webui:{OPEN_WEBUI_VERSION}-{recipe_hash(source, base_ref)}"
     tarball = cache_dir / f"open-webui-{ref.rsplit(':', 1)[1]}.tar"
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with open(cache_dir / "open-webui.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # a second caller waits for the first build, then finds it cached
+    with build_lock(cache_dir, "open-webui", progress, "the chat UI image"):
         if tarball.is_file() and client.images.list(name=ref):
             progress.log(f"Open WebUI {ref} is cached")
             return ref, tarball
