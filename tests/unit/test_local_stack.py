@@ -133,3 +133,15 @@ def test_backups_open_with_the_inventorys_password_or_there_are_none(tmp_path):
     secrets_file.parent.mkdir(parents=True)
     secrets_file.write_text("restic_password: kept\n")
     plan._refuse_orphaned_backups(type("Client", (), {"volumes": _Volumes(["llmcloud-demo-backup"])}))
+
+
+def test_cached_image_tarballs_are_loaded_in_place_on_the_hosts(tmp_path):
+    cached = stack.IMAGE_CACHE / "engine-double-0123456789ab.tar"
+    assert stack._preload("llmcloud/engine-double:0123456789ab", cached) == {
+        "path": str(cached),
+        "name": "llmcloud/engine-double:0123456789ab",
+        "host_path": f"{stack.IMAGES_MOUNT}/engine-double-0123456789ab.tar",
+    }
+    # A tarball elsewhere is not in the hosts' mount: role docker copies it.
+    elsewhere = tmp_path / "x.tar"
+    assert stack._preload("x:1", elsewhere) == {"path": str(elsewhere), "name": "x:1"}
