@@ -76,3 +76,25 @@ def test_credentials_root_only_and_out_of_units(host, backup, hostvars):
     password = json.loads(secrets.content_string)["RESTIC_PASSWORD"]
     assert password not in units
     assert password not in host.run("journalctl -u llmcloud-backup.service --no-pager -o cat").stdout
+
+
+def test_chat_ui_database_is_in_the_snapshot_as_a_consistent_copy(host, backup, hostvars):
+    """The chat UI's SQLite database, copied by SQLite's online backup before restic reads anything."""
+    if "edge" not in hostvars.get("group_names", []) or not hostvars.get("open_webui_enabled", True):
+        pytest.skip("no chat UI on this host (open_webui_enabled)")
+    data = hostvars.get("open_webui_data_dir", "/var/lib/llmcloud/open-webui")
+    hooks = host.run("ls /etc/llmcloud/backup/pre.d").stdout.split()
+    assert any(name.endswith("-open-webui") for name in hooks), f"no chat UI hook among {hooks}"
+    listed = restic(host, "ls", "--json", "latest", "--host", backup["host"], "--tag", backup["tag"])
+    assert listed.rc == 0, listed.stderr
+    paths = {json.loads(line).get("path") for line in listed.stdout.splitlines() if line.strip()}
+    assert f"{data}/backup/webui.db" in paths, "the latest snapshot holds no copy of the chat UI's database"
+    copy = host.file(f"{data}/backup/webui.db")
+    assert copy.user == "root" and copy.mode & 0o077 == 0
+    checked = host.run(
+        "python3 -c %s %s",
+        "import sqlite3, sys; print(sqlite3.connect('file:' + sys.argv[1] + '?mode=ro', uri=True)"
+        ".execute('PRAGMA integrity_check').fetchone()[0])",
+        f"{data}/backup/webui.db",
+    )
+    assert checked.stdout.strip() == "ok", checked.stderr
