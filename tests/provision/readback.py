@@ -56,7 +56,9 @@ def stack_resources(admin, project_id: str, prefix: str, container: str | None =
     mine = re.compile(rf"^{re.escape(prefix)}-")
     compute = server_api(admin)
     for s in compute.compute.servers(all_projects=True, project_id=project_id):
-        if mine.match(s.name):
+        # DELETED: Nova has deleted the instance and not yet removed its row; the provider (and any client)
+        # counts it as gone. Seen in a listing right after `destroy` on a loaded machine.
+        if mine.match(s.name) and s.status != "DELETED":
             found.servers[s.name] = compute.compute.get_server(s.id)
     port_ids = set()
     for p in admin.network.ports(project_id=project_id):
