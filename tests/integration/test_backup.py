@@ -386,6 +386,32 @@ def chat_ui_call(stack: LocalStack, method: str, path: str, body: dict | None = 
     return reply.json()
 
 
+def new_chat(stack: LocalStack, title: str) -> str:
+    """A chat of alice's in the chat UI; its id."""
+    return chat_ui_call(stack, "POST", "api/v1/chats/new", {"chat": {"title": title, "messages": []}})["id"]
+
+
+def test_restore_in_place_puts_back_the_snapshot_on_running_hosts(stack):
+    """`make restore` on hosts that still run: the state of the snapshot comes back (its links too, which
+    restic 0.14 could not replace), and the chat UI's database is the consistent copy taken with the snapshot:
+    a chat made after the backup is gone, one made before is there."""
+    kept = f"kept {time.time_ns()}"
+    kept_id = new_chat(stack, kept)
+    run = playbook(stack, "backup.yml")
+    assert run.returncode == 0, run.stdout[-3000:]
+    later = f"after the backup {time.time_ns()}"
+    later_id = new_chat(stack, later)
+
+    run = playbook(stack, "restore.yml")
+    assert run.returncode == 0, run.stdout[-4000:]
+    assert len(re.findall(r"restored [0-9a-f]{8}", run.stdout)) == 2
+    assert "Replace the live database with the restored copy" in run.stdout
+    ids = {c["id"] for c in chat_ui_call(stack, "GET", "api/v1/chats/")}
+    assert kept_id in ids, "the chat from before the backup is missing after the restore"
+    assert later_id not in ids, "the chat UI still has a chat made after the restored backup"
+    assert verify.verify(stack.inventory_dir) == 0
+
+
 def test_restore_onto_fresh_hosts(stack):
     """Lost VMs: new, empty llm1 and edge1 come up, restore.yml brings back their state, and the service comes
     back with the same certificate and keys: identical files, the same served certificate, a valid API key."""
@@ -393,8 +419,7 @@ def test_restore_onto_fresh_hosts(stack):
 
     # A person's chat in the chat UI (Open WebUI, signed in through the edge): it must come back too.
     chat_title = f"restore me {time.time_ns()}"
-    new_chat = {"chat": {"title": chat_title, "messages": []}}
-    chat_id = chat_ui_call(stack, "POST", "api/v1/chats/new", new_chat)["id"]
+    chat_id = new_chat(stack, chat_title)
     run = playbook(stack, "backup.yml")
     assert run.returncode == 0, run.stdout[-3000:]
     before = {host: checksums(stack, host) for host in (SOURCE, "edge1")}
