@@ -88,13 +88,15 @@ def test_chat_ui_database_is_in_the_snapshot_as_a_consistent_copy(host, backup, 
     listed = restic(host, "ls", "--json", "latest", "--host", backup["host"], "--tag", backup["tag"])
     assert listed.rc == 0, listed.stderr
     paths = {json.loads(line).get("path") for line in listed.stdout.splitlines() if line.strip()}
-    assert f"{data}/backup/webui.db" in paths, "the latest snapshot holds no copy of the chat UI's database"
-    copy = host.file(f"{data}/backup/webui.db")
+    assert f"{data}/llmcloud-backup/webui.db" in paths, (
+        "the latest snapshot holds no copy of the chat UI's database"
+    )
+    copy = host.file(f"{data}/llmcloud-backup/webui.db")
     assert copy.user == "root" and copy.mode & 0o077 == 0
     checked = host.run(
         "python3 -c %s %s",
         "import sqlite3, sys; print(sqlite3.connect('file:' + sys.argv[1] + '?mode=ro', uri=True)"
         ".execute('PRAGMA integrity_check').fetchone()[0])",
-        f"{data}/backup/webui.db",
+        f"{data}/llmcloud-backup/webui.db",
     )
     assert checked.stdout.strip() == "ok", checked.stderr
