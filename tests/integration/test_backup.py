@@ -405,7 +405,7 @@ def test_restore_in_place_puts_back_the_snapshot_on_running_hosts(stack):
     run = playbook(stack, "restore.yml")
     assert run.returncode == 0, run.stdout[-4000:]
     assert len(re.findall(r"restored [0-9a-f]{8}", run.stdout)) == 2
-    assert "Replace the live database with the restored copy" in run.stdout
+    assert "Copy the restored database into place" in run.stdout
     ids = {c["id"] for c in chat_ui_call(stack, "GET", "api/v1/chats/")}
     assert kept_id in ids, "the chat from before the backup is missing after the restore"
     assert later_id not in ids, "the chat UI still has a chat made after the restored backup"
