@@ -70,8 +70,13 @@ def converge(
         elif kind in ("runner_on_failed", "runner_on_unreachable") and not data.get("ignore_errors"):
             res = data.get("res", {})
             # no_log tasks arrive censored from Ansible, so this never prints a secret.
-            message = res.get("msg") or res.get("stderr") or res.get("reason") or "failed"
-            line = f"{data.get('host')}: {data.get('task')}: {str(message).strip()}"
+            message = str(_failure_message(res)).strip()
+            # A loop fails as "One or more items failed": say which items and why.
+            for item in res.get("results") or []:
+                if isinstance(item, dict) and item.get("failed"):
+                    label = item.get("_ansible_item_label", item.get("item", "?"))
+                    message += f"; {label}: {str(_failure_message(item)).strip()}"
+            line = f"{data.get('host')}: {data.get('task')}: {message}"
             result.failures.append(line)
             progress.log(f"    FAILED {line}")
         return True  # keep ansible-runner's own artifact record too
@@ -111,3 +116,7 @@ def converge_or_fail(inventory_dir: Path, progress: Progress) -> ConvergeResult:
     changed = result.changed()
     progress.log(f"changed per host: {changed or 'none'}")
     return result
+
+
+def _failure_message(res: dict) -> str:
+    return res.get("msg") or res.get("stderr") or res.get("reason") or "failed"
