@@ -58,10 +58,15 @@ def test_repository_passes_restic_check(host, backup):
     assert checked.rc == 0, checked.stderr
 
 
-def test_model_cache_left_out_and_state_kept(host, backup):
+def latest_snapshot_paths(host, backup) -> set[str]:
+    """Every path in this host's newest scheduled snapshot."""
     listed = restic(host, "ls", "--json", "latest", "--host", backup["host"], "--tag", backup["tag"])
     assert listed.rc == 0, listed.stderr
-    paths = {json.loads(line).get("path") for line in listed.stdout.splitlines() if line.strip()}
+    return {json.loads(line).get("path") for line in listed.stdout.splitlines() if line.strip()}
+
+
+def test_model_cache_left_out_and_state_kept(host, backup):
+    paths = latest_snapshot_paths(host, backup)
     assert "/etc/llmcloud" in paths
     assert not any(p and p.startswith(e.rstrip("/") + "/") for p in paths for e in backup["excludes"]), (
         "an excluded path (such as the model cache) is in the snapshot"
@@ -85,10 +90,7 @@ def test_chat_ui_database_is_in_the_snapshot_as_a_consistent_copy(host, backup, 
     data = hostvars.get("open_webui_data_dir", "/var/lib/llmcloud/open-webui")
     hooks = host.run("ls /etc/llmcloud/backup/pre.d").stdout.split()
     assert any(name.endswith("-open-webui") for name in hooks), f"no chat UI hook among {hooks}"
-    listed = restic(host, "ls", "--json", "latest", "--host", backup["host"], "--tag", backup["tag"])
-    assert listed.rc == 0, listed.stderr
-    paths = {json.loads(line).get("path") for line in listed.stdout.splitlines() if line.strip()}
-    assert f"{data}/llmcloud-backup/webui.db" in paths, (
+    assert f"{data}/llmcloud-backup/webui.db" in latest_snapshot_paths(host, backup), (
         "the latest snapshot holds no copy of the chat UI's database"
     )
     copy = host.file(f"{data}/llmcloud-backup/webui.db")
