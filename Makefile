@@ -13,7 +13,7 @@ ENGINE_ARG = $(if $(ENGINE),--engine $(ENGINE))
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv local up converge verify status monitor down backup restore backup-drill lint unit molecule integration \
+.PHONY: help venv base-image local up converge verify status monitor down backup restore backup-drill lint unit molecule integration \
 	cloud-prepare provision real-engine test bench
 
 help: ## list the targets
@@ -30,11 +30,17 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(BIN)/pip install --quiet --no-deps --editable .
 	@touch $@
 
-local: venv ## the whole stack on local target hosts: up, converge, verify, summary
+local: ## the whole stack on local target hosts: up, converge, verify, summary
+	@$(MAKE) --no-print-directory -j2 venv base-image
 	$(BIN)/llmcloud local up --stack $(STACK) --topology $(TOPOLOGY) $(ENGINE_ARG) $(LOCAL_ARGS)
 
-up: venv ## start local target hosts and write the inventory only
+up: ## start local target hosts and write the inventory only
+	@$(MAKE) --no-print-directory -j2 venv base-image
 	$(BIN)/llmcloud local up --stack $(STACK) --topology $(TOPOLOGY) --hosts-only $(ENGINE_ARG) $(LOCAL_ARGS)
+
+# The hosts' base image needs only python3 and Docker: on a first run it is built beside the venv.
+base-image: ## the hosts' Debian 12 base image (debootstrap; once, cached by a hash of its recipe)
+	@$(PYTHON) -m llmcloud.local.image >/dev/null
 
 converge: venv ## re-run site.yml on $(INVENTORY)
 	$(BIN)/llmcloud converge -i $(INVENTORY)
@@ -93,6 +99,8 @@ provision: venv ## `pulumi up` for real: the program on a local OpenStack cloud 
 
 test: venv ## lint, unit, molecule, integration, provision and the real engine: the command CI runs
 	@mkdir -p .cache
+	@# Every Debian package the suites need, in one apt-get run before anything runs beside anything else.
+	$(BIN)/python -m tests.packages
 	@# The Go builds of the Pulumi engine take minutes of CPU on a fresh machine: start them now, in the
 	@# background, at the lowest priority, so they use what the other suites leave idle.
 	@nice -n 19 $(BIN)/llmcloud cloud prepare --no-packages --start-cloud $(TEST_CLOUD) \
@@ -116,7 +124,8 @@ test: venv ## lint, unit, molecule, integration, provision and the real engine: 
 	  echo "== make real-engine (exit $$real), from .cache/real-engine.log:"; tail -n 40 .cache/real-engine.log; \
 	  test $$integration -eq 0 -a "$$provision" = 0 -a "$$real" = 0
 
-bench: venv ## print timings: make local, no-op converge; engine roles and recovery; edge overhead; backups; OpenStack
+bench: venv ## print timings: first make local before/after, make local, no-op converge; engine roles and recovery; edge overhead; backups; OpenStack
+	$(BIN)/python bench/first_local.py
 	$(BIN)/python bench/timings.py
 	$(BIN)/python bench/engine.py
 	$(BIN)/python bench/edge.py

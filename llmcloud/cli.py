@@ -4,7 +4,7 @@ llmcloud local up [--topology single|split] [--engines N] [--engine double|ollam
                   [--hosts-only]
 llmcloud local ollama                        build the real engine's image and tiny model (once)
 llmcloud local open-webui                    build the chat UI's local image (Open WebUI from PyPI, once)
-llmcloud local down | status [--json]
+llmcloud local down | status [--json | --api-key]
 llmcloud converge [-i inventory/<stack>]
 llmcloud verify   [-i inventory/<stack>]
 llmcloud cloud up [--port-base N] | down | status [--json]     a local OpenStack cloud for tests
@@ -111,7 +111,9 @@ def parser() -> argparse.ArgumentParser:
     )
     status = lsub.add_parser("status", help="show the hosts of a stack")
     _stack_args(status)
-    status.add_argument("--json", action="store_true", help="machine-readable output")
+    shown = status.add_mutually_exclusive_group()
+    shown.add_argument("--json", action="store_true", help="machine-readable output")
+    shown.add_argument("--api-key", action="store_true", help="print only the demo API key (for scripts)")
 
     _cloud_parser(sub)
     for name, text in (("converge", "apply site.yml to an inventory"), ("verify", "run tests/infra")):
@@ -351,29 +353,35 @@ def _local_stack(args):
 
 
 def _print_summary(status: dict) -> None:
+    """The stack, then commands that run as printed from the repository root in a new shell (tested)."""
     print(f"\nstack {status['stack']} ({status['topology'] or 'down'})")
     for host in status["hosts"]:
         ports = ", ".join(f"{k}→{v}" for k, v in sorted(host["ports"].items()))
         print(f"  {host['host']:<8} {host['state']:<8} {ports}")
     if not status["ssh_config"]:
         return
-    engine = status["engine"]
-    print(f"\n  inventory: {status['inventory']}")
-    print(f"  ssh:       ssh -F {status['ssh_config']} {engine['host']}")
-    print(f"  re-run:    ansible-playbook -i {status['inventory']} site.yml")
-    print(f"  backups:   make backup | backup-drill | restore INVENTORY={status['inventory']}")
-    print(f"  watch:     llmcloud status -i {status['inventory']}  (or make monitor)")
+    engine, inv = status["engine"], _shown(status["inventory"])
+    llmcloud = f"{VENV_BIN}/llmcloud"
+    stack = status["stack"]
+    if (root := Path(status["inventory"]).parent) != DEFAULT_INVENTORY_ROOT:
+        stack += f" --inventory-root {_shown(str(root))}"
+    print(f"\n  inventory: {inv}  (run the commands below in {REPO_ROOT})")
+    print(f"  ssh:       ssh -F {_shown(status['ssh_config'])} {engine['host']}")
+    print(f"  re-run:    {VENV_BIN}/ansible-playbook -i {inv} site.yml")
+    print(f"  backups:   make backup INVENTORY={inv}  # also: make backup-drill, make restore")
+    print(f"  watch:     {llmcloud} status -i {inv}  # or: make monitor INVENTORY={inv}")
     if status.get("url"):
         what = "the chat UI; " if status.get("chat_ui") else ""
         user = status["login"]["user"]
+        ca = _shown(status["ca_bundle"])
         print(f"  endpoint:  {status['url']}  ({what}log in as {user} at the provider's form)")
-        print(f"  CA:        {status['ca_bundle']}  (the internal CA that signed the edge certificate)")
+        print(f"  CA:        {ca}  (the internal CA that signed the edge certificate)")
         print(f"  metrics:   {status['url']}prometheus/  (Prometheus; {user} is its admin here)")
-        print(f"  API key:   llmcloud local status --json --stack {status['stack']} | jq -r .api_key")
+        print(f"  API key:   {llmcloud} local status --stack {stack} --api-key")
         if len(status["models"]) > 1:
             print(f'  models:    {", ".join(status["models"])}  (the request\'s "model" picks one)')
-        print(f"  try:       key=$(llmcloud local status --json --stack {status['stack']} | jq -r .api_key)")
-        print(f'             curl --cacert {status["ca_bundle"]} -H "Authorization: Bearer $key" \\')
+        print(f"  try:       key=$({llmcloud} local status --stack {stack} --api-key)")
+        print(f'             curl --cacert {ca} -H "Authorization: Bearer $key" \\')
         print(f"               {status['url']}v1/chat/completions -H 'Content-Type: application/json' \\")
         request = {
             "model": status["models"][0],
@@ -382,6 +390,18 @@ def _print_summary(status: dict) -> None:
         }
         print(f"               -d '{json.dumps(request)}'")
     print(f"  engine:    {engine['note']}")
+
+
+#: The venv's tools as the summary prints them: not on PATH in a new shell.
+VENV_BIN = ".venv/bin"
+
+
+def _shown(path: str) -> str:
+    """A path as the summary prints it: relative to the repository root when inside it."""
+    try:
+        return str(Path(path).relative_to(REPO_ROOT)) or "."
+    except ValueError:
+        return path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -423,30 +443,22 @@ def _dispatch(args) -> int:
     if args.action == "image":
         from llmcloud.local import image, system
 
-        progress = Progress("base image")
-        print(image.ensure(system.docker_client(), progress))
-        return 0
+        return image.main()
     if args.action == "images":
-        from llmcloud.local import engine_double, image, peers, system
+        from llmcloud.local import image, system
+        from llmcloud.local.stack import build_images
 
-        client, progress = system.docker_client(), Progress("images")
-        cache = REPO_ROOT / ".cache" / "images"
-        base = image.ensure(client, progress)
-        for ref in (
-            base,
-            image.ensure_vm(client, progress),
-            engine_double.ensure(client, progress, cache)[0],
-            peers.oauth2_proxy(client, progress, cache)[0],
-            peers.oidc_mock(client, progress, base),
-            peers.open_webui(client, progress, base, cache)[0],
-        ):
+        progress = Progress("images")
+        built = build_images(progress)
+        vm = image.ensure_vm(system.docker_client(), progress)
+        for ref in (built.base, vm, built.double[0], built.oauth2_proxy[0], built.idp, built.open_webui[0]):
             print(ref)
         return 0
     if args.action == "ollama":
-        from llmcloud.local import engine_ollama, system
+        from llmcloud.local import engine_ollama, image, system
 
         progress = Progress("Ollama")
-        print(engine_ollama.ensure(system.docker_client(), progress, REPO_ROOT / ".cache" / "images")[0])
+        print(engine_ollama.ensure(system.docker_client(), progress, image.IMAGE_CACHE)[0])
         print(engine_ollama.tiny_model(progress, REPO_ROOT / ".cache" / "models")[0])
         return 0
     if args.action == "open-webui":
@@ -455,9 +467,7 @@ def _dispatch(args) -> int:
         progress = Progress("Open WebUI")
         client = system.docker_client()
         began = time.monotonic()
-        ref, tarball = peers.open_webui(
-            client, progress, image.ensure(client, progress), REPO_ROOT / ".cache" / "images"
-        )
+        ref, tarball = peers.open_webui(client, progress, image.ensure(progress), image.IMAGE_CACHE)
         size = client.images.get(ref).attrs["Size"]
         print(
             f"{ref}\n{tarball}\nsize {size / 1e9:.2f} GB, built or found in {time.monotonic() - began:.0f} s"
@@ -466,7 +476,14 @@ def _dispatch(args) -> int:
     stack = _local_stack(args)
     if args.action == "status":
         status = stack.status()
-        if args.json:
+        if args.api_key:
+            if not status.get("api_key"):
+                raise UserError(
+                    f"stack {stack.name!r} has no inventory with an API key yet",
+                    f"bring it up first: make local STACK={stack.name}",
+                )
+            print(status["api_key"])
+        elif args.json:
             print(json.dumps(status, indent=2))
         else:
             _print_summary(status)

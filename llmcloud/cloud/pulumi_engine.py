@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from pathlib import Path
 
 from llmcloud.cloud.venv import cache_lock, cache_root
 from llmcloud.errors import UserError
+from llmcloud.local.peers import find_go
 from llmcloud.progress import Progress
 
 HERE = Path(__file__).resolve().parent / "pulumi"
@@ -80,7 +80,7 @@ def _digest(*paths: Path) -> str:
 
 
 def _go() -> str:
-    go = shutil.which("go") or (shutil.which("go", path="/usr/local/go/bin"))
+    go = find_go()
     if not go:
         raise UserError(
             "Go is not installed (needed to build the Pulumi CLI and provider)",

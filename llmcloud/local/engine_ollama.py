@@ -45,6 +45,14 @@ MINIAUDIO_SDIST = (
     "miniaudio-1.71/miniaudio/miniaudio.h",
 )
 #: The name the tiny model is served under. Ollama adds the tag ":latest" in its model lists.
+#: What the build needs on this machine ({command or file: Debian package}): compilers for llama.cpp's CPU
+#: backend and the headers Ollama's module zip leaves out.
+BUILD_PACKAGES = {
+    "gcc": "gcc",
+    "g++": "g++",
+    "/usr/include/nlohmann/json.hpp": "nlohmann-json3-dev",
+    "/usr/include/stb/stb_image.h": "libstb-dev",
+}
 MODEL_NAME = "llmcloud/tiny-random"
 MODEL_NOTE = "Ollama (a real engine, CPU) with a TINY RANDOM model: nonsense text, real API and timings"
 #: The model's shape: small enough for 2 CPU cores, real enough to exercise every path of the engine.
@@ -108,14 +116,7 @@ def ensure(client, progress, cache_dir: Path) -> tuple[str, Path]:
 
 
 def _build_image(client, progress, cache_dir: Path, ref: str, tarball: Path) -> None:
-    system.ensure_packages(
-        {
-            "gcc": "gcc",
-            "g++": "g++",
-            "/usr/include/nlohmann/json.hpp": "nlohmann-json3-dev",
-            "/usr/include/stb/stb_image.h": "libstb-dev",
-        }
-    )
+    system.ensure_packages(BUILD_PACKAGES)
     with tempfile.TemporaryDirectory(prefix="llmcloud-ollama-") as work:
         source, context = Path(work) / "src", Path(work) / "context"
         with progress.step(f"fetch Ollama {OLLAMA_VERSION}'s module and the headers its zip leaves out"):

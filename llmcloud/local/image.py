@@ -9,11 +9,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
+from llmcloud import REPO_ROOT
 from llmcloud.errors import UserError
-from llmcloud.local import system
+from llmcloud.local import peers, system
+from llmcloud.progress import Progress
+
+#: Image tarballs for the hosts' preload path and the builds' locks (git-ignored).
+IMAGE_CACHE = REPO_ROOT / ".cache" / "images"
 
 REPOSITORY = "llmcloud/debian12-systemd"
 SUITE = "bookworm"
@@ -68,18 +75,29 @@ def image_ref() -> str:
     return f"{REPOSITORY}:{recipe_hash()}"
 
 
-def ensure(client, progress) -> str:
-    """Return the base image reference, building it when this recipe has no image yet."""
-    from docker.errors import ImageNotFound
+def ensure(progress) -> str:
+    """Return the base image reference, building it when this recipe has no image yet.
 
+    Only the standard library and the docker command: `make local` builds it beside the venv
+    (``python3 -m llmcloud.local.image``). One build at a time; a second caller waits and finds it."""
     ref = image_ref()
-    try:
-        client.images.get(ref)
+    if _present(ref):
         progress.log(f"base image {ref} is cached")
         return ref
-    except ImageNotFound:
-        pass
-    system.ensure_packages({"debootstrap": "debootstrap"})
+    with peers.build_lock(IMAGE_CACHE, "base-image", progress, "the base image"):
+        if _present(ref):
+            progress.log(f"base image {ref} is cached")
+            return ref
+        _build(ref, progress)
+    return ref
+
+
+def _present(ref: str) -> bool:
+    return subprocess.run(["docker", "image", "inspect", ref], capture_output=True).returncode == 0
+
+
+def _build(ref: str, progress) -> None:
+    system.ensure_packages({"debootstrap": system.LOCAL_PACKAGES["debootstrap"]})
     workdir = Path(tempfile.mkdtemp(prefix="llmcloud-rootfs-", dir="/var/tmp"))
     rootfs = workdir / "rootfs"
     tarball = workdir / "rootfs.tar"
@@ -99,13 +117,11 @@ def ensure(client, progress) -> str:
             _customise(rootfs)
         with progress.step(f"import {ref}"):
             system.run_root(["tar", "-C", str(rootfs), "-cf", str(tarball), "."], "tar rootfs")
-            client.api.import_image_from_file(
-                str(tarball), repository=REPOSITORY, tag=recipe_hash(), changes=CHANGES
-            )
+            # Tagged only once the import is whole: an interrupted build leaves no image to reuse.
+            changes = [arg for change in CHANGES for arg in ("--change", change)]
+            system.docker_cli(["import", *changes, str(tarball), ref], f"docker import of {ref}")
     finally:
         system.run_root(["rm", "-rf", "--one-file-system", str(workdir)], "cleanup")
-    client.images.get(ref)
-    return ref
 
 
 def _customise(rootfs: Path) -> None:
@@ -165,7 +181,7 @@ def ensure_vm(client, progress) -> str:
         return ref
     except ImageNotFound:
         pass
-    base = ensure(client, progress)
+    base = ensure(progress)
     with progress.step(f"derive {ref} (cloud-init from Debian's archive, about 30 s)"):
         container = client.containers.run(base, ["sleep", "infinity"], detach=True, remove=False)
         try:
@@ -182,3 +198,21 @@ def ensure_vm(client, progress) -> str:
         finally:
             container.remove(force=True)
     return ref
+
+
+def main() -> int:
+    """Build (or find) the base image and print its reference: `make local` runs this beside the venv."""
+    progress = Progress("base image")
+    try:
+        with progress.step("Docker engine"):
+            system.docker_engine()
+        with progress.step("base image (Debian 12 + systemd, debootstrap)"):
+            print(ensure(progress))
+    except UserError as err:
+        print(f"llmcloud: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -9,6 +9,7 @@ import secrets
 import shutil
 import socket
 import time
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -82,7 +83,7 @@ PEER_LABEL = "llmcloud.peer"  # a container of the stack that is not a target ho
 BACKUP_MOUNT = "/srv/backup"
 #: The image cache (the tarballs below), mounted read-only in every host: role docker loads them in place
 #: (host_path) instead of copying 1.5 GB over SSH (44 s of a fresh converge).
-IMAGE_CACHE = REPO_ROOT / ".cache" / "images"
+IMAGE_CACHE = image.IMAGE_CACHE
 IMAGES_MOUNT = "/srv/llmcloud-images"
 
 
@@ -182,25 +183,12 @@ class LocalStack:
 
     # ---- up -----------------------------------------------------------------------------------
     def up(self, progress: Progress) -> inventory.Inventory:
-        with progress.step("Docker engine"):
+        with progress.step("packages and the Docker engine"):
+            system.ensure_packages(system.LOCAL_PACKAGES)
             client = system.docker_client()
         self._refuse_other_topology(client)
-        with progress.step("base image (Debian 12 + systemd, debootstrap)"):
-            ref = image.ensure(client, progress)
-        with progress.step("engine TEST DOUBLE image (tests/fixtures/engine-double)"):
-            self._double = engine_double.ensure(client, progress, IMAGE_CACHE)
-        if self.engine == "ollama":
-            with progress.step(f"Ollama image ({engine_ollama.OLLAMA_VERSION}, built from its Go module)"):
-                self._ollama = engine_ollama.ensure(client, progress, IMAGE_CACHE)
-            with progress.step("tiny random model for Ollama (GGUF)"):
-                self._tiny_model = engine_ollama.tiny_model(progress, REPO_ROOT / ".cache" / "models")
-        with progress.step(f"oauth2-proxy image ({peers.OAUTH2_PROXY_VERSION}, built from its Go module)"):
-            self._oauth2_proxy = peers.oauth2_proxy(client, progress, IMAGE_CACHE)
-        with progress.step("identity provider image (oidc-provider-mock)"):
-            idp_image = peers.oidc_mock(client, progress, ref)
-        if self.chat_ui:
-            with progress.step(f"chat UI image (Open WebUI {peers.OPEN_WEBUI_VERSION} from PyPI)"):
-                self._open_webui = peers.open_webui(client, progress, ref, IMAGE_CACHE)
+        self._built = build_images(progress, ollama=self.engine == "ollama", chat_ui=self.chat_ui)
+        ref = self._built.base
         ssh_dir = self.inventory_dir / "ssh"
         with progress.step("SSH keys"):
             deploy_pub = ensure_ed25519(ssh_dir / "deploy_ed25519", f"deploy@llmcloud-{self.name}")
@@ -225,7 +213,7 @@ class LocalStack:
                     ssh_dir / "hostkeys" / f"{name}_ed25519",
                 )
         with progress.step(f"identity provider on {self.idp_url(network)} (demo user alice)"):
-            self._idp(client, idp_image, network)
+            self._idp(client, self._built.idp, network)
         with progress.step("wait for systemd and sshd on every host"):
             for name, container in containers.items():
                 self._wait_ready(container, name)
@@ -467,15 +455,15 @@ class LocalStack:
                 "container_images_preload": [
                     _preload(*image)
                     for image in (
-                        self._double,
-                        self._oauth2_proxy,
-                        *([self._ollama] if self.engine == "ollama" else []),
-                        *([self._open_webui] if self.chat_ui else []),
+                        self._built.double,
+                        self._built.oauth2_proxy,
+                        *([self._built.ollama] if self.engine == "ollama" else []),
+                        *([self._built.open_webui] if self.chat_ui else []),
                     )
                 ],
                 # The chat UI at / (Open WebUI, built here from its PyPI package at the pinned version).
                 "open_webui_enabled": self.chat_ui,
-                **({"open_webui_image": self._open_webui[0]} if self.chat_ui else {}),
+                **({"open_webui_image": self._built.open_webui[0]} if self.chat_ui else {}),
                 **self._engine_vars(),
                 # More models: one more TEST DOUBLE per name on every engine host, routed by the edge.
                 "llmcloud_extra_models": [
@@ -483,7 +471,7 @@ class LocalStack:
                         "model_id": model,
                         "port": EXTRA_MODEL_PORT + i,
                         "hosts": [n for n, groups in self.hosts() if "llm" in groups],
-                        "image": self._double[0],
+                        "image": self._built.double[0],
                         "healthcheck_test": DOUBLE_HEALTHCHECK,
                         "health_timeout": 300,
                     }
@@ -496,7 +484,7 @@ class LocalStack:
                 "certbot_mode": "selfsigned",
                 "certbot_selfsigned_ip_addresses": ["127.0.0.1"],
                 "certbot_export_ca": str(self.inventory_dir / "tls" / "ca.pem"),
-                "oauth2_proxy_image": self._oauth2_proxy[0],
+                "oauth2_proxy_image": self._built.oauth2_proxy[0],
                 "oauth2_proxy_provider": "oidc",
                 "oauth2_proxy_issuer_url": self.idp_url(network),
                 "oauth2_proxy_client_id": CLIENT_ID,
@@ -518,16 +506,16 @@ class LocalStack:
             # A real engine, and the role's import of a model without a hub: copied from this machine once.
             return {
                 "llm_engine_kind": "ollama",
-                "llm_engine_image": self._ollama[0],
+                "llm_engine_image": self._built.ollama[0],
                 "llm_engine_model_id": engine_ollama.MODEL_NAME,
                 "llm_engine_model_source": "controller",
-                "llm_engine_model_path": str(self._tiny_model[0]),
-                "llm_engine_model_sha256": self._tiny_model[1],
+                "llm_engine_model_path": str(self._built.tiny_model[0]),
+                "llm_engine_model_sha256": self._built.tiny_model[1],
                 "llm_engine_health_timeout": 300,
             }
         return {
             "llm_engine_kind": "tgi",
-            "llm_engine_image": self._double[0],
+            "llm_engine_image": self._built.double[0],
             "llm_engine_model_id": DOUBLE_MODEL,
             "llm_engine_healthcheck_test": DOUBLE_HEALTHCHECK,
             "llm_engine_health_timeout": 300,
@@ -625,6 +613,79 @@ class LocalStack:
         """The host's address on the stack's private network."""
         networks = container.attrs["NetworkSettings"]["Networks"]
         return networks.get(self.network_name, {}).get("IPAddress")
+
+
+@dataclass(frozen=True)
+class Images:
+    """What `build_images` built or found: references, and (reference, tarball) for the preloaded ones."""
+
+    base: str
+    idp: str
+    double: tuple[str, Path]
+    oauth2_proxy: tuple[str, Path]
+    ollama: tuple[str, Path] | None = None
+    tiny_model: tuple[Path, str] | None = None
+    open_webui: tuple[str, Path] | None = None
+
+
+def build_images(progress: Progress, *, ollama: bool = False, chat_ui: bool = True) -> Images:
+    """Build or find every image a local stack needs, side by side.
+
+    Most of a first build is waiting on downloads and disks, so the independent ones run at once: the base
+    image (debootstrap), the Go builds, and the PyPI downloads of the identity provider and the chat UI,
+    whose images then wait for the base image they are built on. A failed step is named; nothing it left
+    half done is cached (images are tagged and tarballs renamed only when whole)."""
+    base_ref = image.image_ref()
+    base: Future[str] = Future()
+
+    def base_image(p: Progress) -> str:
+        try:
+            base.set_result(image.ensure(p))
+        except BaseException as exc:
+            base.set_exception(exc)
+            raise
+        return base.result()
+
+    def on_base() -> str:
+        try:
+            return base.result()
+        except BaseException:
+            raise UserError("the base image failed (see its step)", "fix that step first") from None
+
+    def client():  # one Docker client per step: they run in threads
+        return system.docker_client()
+
+    steps = {
+        "base": ("base image (Debian 12 + systemd, debootstrap)", base_image),
+        "double": (
+            "engine TEST DOUBLE image (tests/fixtures/engine-double)",
+            lambda p: engine_double.ensure(client(), p, IMAGE_CACHE),
+        ),
+        "oauth2_proxy": (
+            f"oauth2-proxy image ({peers.OAUTH2_PROXY_VERSION}, built from its Go module)",
+            lambda p: peers.oauth2_proxy(client(), p, IMAGE_CACHE),
+        ),
+        "idp": (
+            "identity provider image (oidc-provider-mock)",
+            lambda p: peers.oidc_mock(client(), p, base_ref, on_base),
+        ),
+    }
+    if ollama:
+        steps["ollama"] = (
+            f"Ollama image ({engine_ollama.OLLAMA_VERSION}, built from its Go module)",
+            lambda p: engine_ollama.ensure(client(), p, IMAGE_CACHE),
+        )
+        steps["tiny_model"] = (
+            "tiny random model for Ollama (GGUF)",
+            lambda p: engine_ollama.tiny_model(p, REPO_ROOT / ".cache" / "models"),
+        )
+    if chat_ui:
+        steps["open_webui"] = (
+            f"chat UI image (Open WebUI {peers.OPEN_WEBUI_VERSION} from PyPI)",
+            lambda p: peers.open_webui(client(), p, base_ref, IMAGE_CACHE, on_base),
+        )
+    built = progress.side_by_side({title: fn for title, fn in steps.values()})
+    return Images(**{field: built[title] for field, (title, _) in steps.items()})
 
 
 def load(stack: str, inventory_root: Path) -> LocalStack:

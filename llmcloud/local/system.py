@@ -7,13 +7,22 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tarfile
+import threading
 import time
 from pathlib import Path
 
 from llmcloud.errors import UserError
 
 DOCKERD_LOG = Path("/var/log/llmcloud-dockerd.log")
+#: How long a Docker engine we started may take to answer (its first start sets up its storage).
+DOCKERD_START_S = 120
+#: How long apt-get waits for another package manager to finish before it gives up.
+APT_LOCK_WAIT_S = 900
+#: What `llmcloud local up` needs on this machine ({command: Debian package}), installed when missing:
+#: the Docker engine, debootstrap for the hosts' base image, and ssh for Ansible and the summary's commands.
+LOCAL_PACKAGES = {"dockerd": "docker.io", "debootstrap": "debootstrap", "ssh": "openssh-client"}
 
 
 def as_root(cmd: list[str]) -> list[str]:
@@ -50,6 +59,14 @@ def ensure_packages(packages: dict[str, str]) -> None:
     """Install Debian/Ubuntu packages when the named command is missing ({command: package}).
 
     A key that is an absolute path (a header, say) stands for a file the package installs."""
+    with _APT:  # steps side by side share one apt-get
+        _ensure_packages(packages)
+
+
+_APT = threading.Lock()
+
+
+def _ensure_packages(packages: dict[str, str]) -> None:
     missing = sorted({pkg for cmd, pkg in packages.items() if not _which(cmd)})
     if not missing:
         return
@@ -58,12 +75,15 @@ def ensure_packages(packages: dict[str, str]) -> None:
             f"missing {', '.join(missing)} and this machine has no apt-get",
             f"install {', '.join(missing)} with your package manager",
         )
-    env = {"DEBIAN_FRONTEND": "noninteractive"}
-    run_root(["apt-get", "update", "-qq"], "apt-get update", env={**os.environ, **env})
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    # Another apt-get or dpkg (an unattended upgrade, a second llmcloud) holds dpkg's lock: wait for it.
+    lock = ["-o", f"DPkg::Lock::Timeout={APT_LOCK_WAIT_S}"]
+    print(f"llmcloud: installing {', '.join(missing)} (apt-get)", file=sys.stderr, flush=True)
+    run_root(["apt-get", *lock, "update", "-qq"], "apt-get update", env=env)
     run_root(
-        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
-        f"installing {', '.join(missing)}",
-        env={**os.environ, **env},
+        ["apt-get", *lock, "install", "-y", "-qq", "--no-install-recommends", *missing],
+        f"installing {', '.join(missing)} (apt-get; a wait for dpkg's lock ends after {APT_LOCK_WAIT_S}s)",
+        env=env,
     )
 
 
@@ -85,26 +105,59 @@ def docker_client():
         return client
     except DockerException as exc:
         if "Permission denied" in str(exc):
-            raise UserError(
-                "the Docker engine runs, but this user may not use it (permission denied on its socket)",
-                "run as root, or `sudo usermod -aG docker $USER` and log in again",
-            ) from None
-    ensure_packages({"dockerd": "docker.io"})
+            raise _docker_permission() from None
+    docker_engine()
+    client = docker.from_env(timeout=300)
+    client.ping()
+    return client
+
+
+def docker_engine() -> None:
+    """Make sure a Docker engine answers, installing and starting it when needed.
+
+    Only the standard library and the docker command: it runs before the venv exists (`make local`)."""
+    state = _docker_info()
+    if state == "up":
+        return
+    if state == "denied":
+        raise _docker_permission()
+    ensure_packages({"dockerd": LOCAL_PACKAGES["dockerd"]})
     _start_dockerd()
-    deadline = time.monotonic() + 60
-    last: Exception | None = None
+    deadline = time.monotonic() + DOCKERD_START_S
     while time.monotonic() < deadline:
-        try:
-            client = docker.from_env(timeout=300)
-            client.ping()
-            return client
-        except DockerException as exc:
-            last = exc
-            time.sleep(1)
+        if _docker_info() == "up":
+            return
+        time.sleep(1)
     raise UserError(
-        f"the Docker engine did not start within 60s ({last})",
+        f"the Docker engine did not answer within {DOCKERD_START_S}s of starting it",
         f"start it yourself (`sudo systemctl start docker`, or `sudo dockerd`) and read {DOCKERD_LOG}",
     )
+
+
+def _docker_info() -> str:
+    """'up', 'denied' (the engine runs, this user may not use it) or 'down'."""
+    if not shutil.which("docker"):
+        return "down"
+    info = subprocess.run(["docker", "info", "--format", "{{.ID}}"], capture_output=True, text=True)
+    if info.returncode == 0:
+        return "up"
+    return "denied" if "permission denied" in info.stderr.lower() else "down"
+
+
+def _docker_permission() -> UserError:
+    return UserError(
+        "the Docker engine runs, but this user may not use it (permission denied on its socket)",
+        "run as root, or `sudo usermod -aG docker $USER` and log in again",
+    )
+
+
+def docker_cli(args: list[str], what: str) -> str:
+    """Run the docker command (as this user, like the SDK); its output, or a UserError naming ``what``."""
+    done = subprocess.run(["docker", *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+        raise UserError(f"{what} failed: {' | '.join(tail)}", "see the message above")
+    return done.stdout
 
 
 def _start_dockerd() -> None:

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 
 from llmcloud import REPO_ROOT
 from llmcloud.local import system
+from tests.packages import BROWSER
 
 
 def artifacts() -> Path:
@@ -39,7 +40,7 @@ def chromium(pin: str):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    system.ensure_packages({"chromium": "chromium", "chromedriver": "chromium-driver"})
+    system.ensure_packages(BROWSER)
     options = webdriver.ChromeOptions()
     options.binary_location = "/usr/bin/chromium"
     for arg in (

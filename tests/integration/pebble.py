@@ -23,6 +23,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from helpers import free_port, wait_for_port
 
+from llmcloud.local import system
+from tests.packages import ACME
+
 
 def _listener_cert(directory: Path, address: str) -> Path:
     """A small CA and a server certificate for Pebble's own HTTPS listener; returns the CA file."""
@@ -76,6 +79,7 @@ def _listener_cert(directory: Path, address: str) -> Path:
 @contextmanager
 def pebble(workdir: Path, gateway: str, names: dict[str, str]):
     """Run Pebble and challtestsrv; `names` maps DNS names to addresses. Yields what clients need."""
+    system.ensure_packages(ACME)
     listener_ca = _listener_cert(workdir, gateway)
     dns_port = free_port(gateway, socket.SOCK_DGRAM)
     mgmt = free_port("127.0.0.1")

@@ -16,7 +16,6 @@ import pytest
 import requests
 from helpers import free_port
 
-from llmcloud import REPO_ROOT
 from llmcloud.local import engine_double, image, peers, system
 from llmcloud.local.stack import DOUBLE_MODEL, LABEL
 from llmcloud.progress import Progress
@@ -54,8 +53,8 @@ def chat_ui():
     """(base URL, container, seconds to healthy) of Open WebUI in front of the engine TEST DOUBLE."""
     client = system.docker_client()
     progress = Progress("chat UI image")
-    cache = REPO_ROOT / ".cache" / "images"
-    base = image.ensure(client, progress)
+    cache = image.IMAGE_CACHE
+    base = image.ensure(progress)
     double, _ = engine_double.ensure(client, progress, cache)
     ref, _ = peers.open_webui(client, progress, base, cache)
     _remove(client)

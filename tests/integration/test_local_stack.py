@@ -241,6 +241,72 @@ def test_up_again_reuses_the_hosts(deployed):
     assert ids() == before
 
 
+#: The summary's lines that are commands, by their label.
+SUMMARY_COMMANDS = ("ssh", "re-run", "backups", "watch", "API key", "try")
+
+
+def summary_commands(text: str) -> dict[str, str]:
+    """{label: command} from the summary; a command continues on lines indented past the labels."""
+    commands: dict[str, str] = {}
+    label = None
+    for line in text.splitlines():
+        head = re.match(r"^  ([A-Za-z -]+):\s+(.*)$", line)
+        if head:
+            label = head.group(1) if head.group(1) in SUMMARY_COMMANDS else None
+            if label:
+                commands[label] = head.group(2)
+        elif label and line.startswith(" " * 13):
+            commands[label] += "\n" + line
+        else:
+            label = None
+    return commands
+
+
+def test_every_command_of_the_summary_runs_as_printed(deployed):
+    """What a new user does next: copy each command of the summary into a new shell (no venv on PATH)."""
+    stack, _ = deployed
+    if stack.topology != "single":
+        pytest.skip("the commands are the same for every topology; the single stack runs them")
+    shell = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(Path.home()), "LANG": "C.UTF-8"}
+    printed = subprocess.run(
+        [
+            ".venv/bin/llmcloud",
+            "local",
+            "status",
+            "--stack",
+            stack.name,
+            "--inventory-root",
+            str(stack.inventory_root),
+        ],
+        cwd=REPO_ROOT,
+        env=shell,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    commands = summary_commands(printed)
+    assert set(commands) == set(SUMMARY_COMMANDS), printed
+    outputs = {}
+    for label, command in commands.items():
+        run = subprocess.run(
+            ["bash", "-c", command],
+            cwd=REPO_ROOT,
+            env=shell,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        assert run.returncode == 0, (
+            f"{label}: `{command}` failed:\n{run.stdout[-2000:]}\n{run.stderr[-2000:]}"
+        )
+        outputs[label] = run.stdout
+    assert outputs["API key"].strip() == stack.secrets()["oauth2_proxy_api_keys"][0]["key"]
+    reply = json.loads(outputs["try"])
+    assert reply["choices"][0]["message"]["content"], reply
+
+
 # ---- the edge: TLS, login, API keys --------------------------------------------------------------
 def test_browser_login_reaches_the_engine_and_streams(deployed):
     stack, _ = deployed

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import yaml
 
-from llmcloud import REPO_ROOT
 from llmcloud.cloud import hypervisor
 from llmcloud.keys import write_private
 from llmcloud.local import engine_double, image, peers, system
@@ -54,7 +53,7 @@ def identity_provider(cloud, admin, network: str = "public"):
     """oidc-provider-mock on an external network, reachable from the VMs there and from this machine."""
     client = system.docker_client()
     progress = Progress("identity provider")
-    ref = peers.oidc_mock(client, progress, image.ensure(client, progress))
+    ref = peers.oidc_mock(client, progress, image.ensure(progress))
     net = external_docker_network(cloud, admin, network)
     address = IDP_ADDRESSES[network]
     name = f"llmcloud-{hypervisor.cloud_tag(cloud.work)}-idp-{network}"
@@ -88,7 +87,7 @@ def identity_provider(cloud, admin, network: str = "public"):
 def images() -> dict[str, tuple[str, Path]]:
     client = system.docker_client()
     progress = Progress("images")
-    cache = REPO_ROOT / ".cache" / "images"
+    cache = image.IMAGE_CACHE
     return {
         "engine": engine_double.ensure(client, progress, cache),
         "oauth2_proxy": peers.oauth2_proxy(client, progress, cache),

@@ -47,6 +47,38 @@ def wait_for(predicate, what: str, timeout: float = 60) -> None:
         time.sleep(1)
 
 
+def test_ssh_config_of_an_up_without_configure_works_without_a_warning(stack, cloud, admin):
+    """`configure: false` writes the inventory and nothing else runs: its ssh_config must work on its own."""
+    assert stack.up(on_output=Lines()).summary.result == "succeeded"
+    known_hosts = stack.inventory_dir / "ssh" / "known_hosts"
+    assert known_hosts.is_file(), "ssh_config names a known_hosts file that does not exist"
+    assert known_hosts.stat().st_mode & 0o777 == 0o600 and known_hosts.parent.stat().st_mode & 0o777 == 0o700
+
+    def ssh() -> subprocess.CompletedProcess:
+        command = [
+            "ssh",
+            "-F",
+            str(stack.inventory_dir / "ssh_config"),
+            "-o",
+            "ConnectTimeout=5",
+            "llm1",
+            "true",
+        ]
+        return subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+
+    first = ssh()
+    deadline = time.monotonic() + 240  # the VM boots and cloud-init makes the deploy user
+    while first.returncode != 0 and time.monotonic() < deadline:
+        assert "Failed to add" not in first.stderr, first.stderr
+        time.sleep(3)
+        first = ssh()
+    assert first.returncode == 0, first.stderr
+    assert "Failed to add" not in first.stderr, first.stderr
+    assert known_hosts.read_text().strip(), "the VM's host key was not kept"
+    again = ssh()
+    assert again.returncode == 0 and not again.stderr.strip(), again.stderr
+
+
 def test_broken_data_volume_fails_up_with_host_cause_and_log(stack, cloud, admin):
     assert stack.up(on_output=Lines()).summary.result == "succeeded"  # configure off: VM and volume only
     server = admin.compute.find_server(f"{PREFIX}-llm1", all_projects=True, ignore_missing=False)

@@ -8,7 +8,7 @@ import gguf
 import pytest
 
 from llmcloud.local import engine_ollama
-from llmcloud.local.stack import DOUBLE_MODEL, LocalStack
+from llmcloud.local.stack import DOUBLE_MODEL, Images, LocalStack
 
 
 @pytest.fixture
@@ -67,8 +67,14 @@ def test_the_tiny_model_is_the_same_file_every_time(module, tmp_path):
 
 def test_ollama_stack_imports_the_model_from_a_file_and_names_it(tmp_path):
     plan = LocalStack(inventory_root=tmp_path, engine="ollama")
-    plan._ollama = ("llmcloud/ollama:v0-x", tmp_path / "ollama.tar")
-    plan._tiny_model = (tmp_path / "tiny.gguf", "ab" * 32)
+    plan._built = Images(
+        base="b",
+        idp="i",
+        double=("d", tmp_path / "d.tar"),
+        oauth2_proxy=("o", tmp_path / "o.tar"),
+        ollama=("llmcloud/ollama:v0-x", tmp_path / "ollama.tar"),
+        tiny_model=(tmp_path / "tiny.gguf", "ab" * 32),
+    )
     engine = plan._engine_vars()
     assert engine["llm_engine_kind"] == "ollama"
     assert engine["llm_engine_model_source"] == "controller"
@@ -80,6 +86,8 @@ def test_ollama_stack_imports_the_model_from_a_file_and_names_it(tmp_path):
 
 def test_the_default_engine_is_the_test_double(tmp_path):
     plan = LocalStack(inventory_root=tmp_path)
-    plan._double = ("llmcloud/engine-double:x", tmp_path / "double.tar")
+    plan._built = Images(
+        "b", "i", ("llmcloud/engine-double:x", tmp_path / "double.tar"), ("o", tmp_path / "o.tar")
+    )
     assert plan._engine_vars()["llm_engine_model_id"] == DOUBLE_MODEL
     assert plan.main_model == DOUBLE_MODEL

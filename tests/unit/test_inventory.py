@@ -49,11 +49,12 @@ def test_single_host_is_in_both_groups(tmp_path):
 
 
 def test_jump_host_goes_into_ssh_args_and_ssh_config(tmp_path):
-    inv = split_inventory(proxy_jump="alice@jump.example.org", known_hosts_file="/k/known_hosts")
+    known = tmp_path / "k" / "known_hosts"
+    inv = split_inventory(proxy_jump="alice@jump.example.org", known_hosts_file=str(known))
     view = ansible_view(tmp_path, inv)
     args = view["_meta"]["hostvars"]["llm1"]["ansible_ssh_common_args"]
     assert "-o ProxyJump=alice@jump.example.org" in args
-    assert "-o UserKnownHostsFile=/k/known_hosts" in args
+    assert f"-o UserKnownHostsFile={known}" in args
     config = (tmp_path / "ssh_config").read_text()
     assert "Host llm2\n  HostName 10.0.0.12\n" in config
     assert "  ProxyJump alice@jump.example.org\n" in config
@@ -108,3 +109,16 @@ def test_user_settings_are_the_users_own_files_only(tmp_path):
         "host_vars/llm1.yml": "gpu: 2\n",
     }
     assert user_settings(tmp_path / "missing") == {}
+
+
+def test_the_known_hosts_file_ssh_config_names_exists_owner_only(tmp_path):
+    """Before anything connected (`configure: false`), the first `ssh -F` can keep the host key."""
+    known = tmp_path / "inv" / "ssh" / "known_hosts"
+    inventory.write(split_inventory(known_hosts_file=str(known)), tmp_path / "inv")
+    assert f"UserKnownHostsFile {known}" in (tmp_path / "inv" / "ssh_config").read_text()
+    assert known.is_file() and known.read_text() == ""
+    assert known.stat().st_mode & 0o777 == 0o600
+    assert known.parent.stat().st_mode & 0o777 == 0o700
+    known.write_text("[203.0.113.10]:22 ssh-ed25519 AAAA\n")
+    inventory.write(split_inventory(known_hosts_file=str(known)), tmp_path / "inv")
+    assert known.read_text() == "[203.0.113.10]:22 ssh-ed25519 AAAA\n", "a re-write must keep the keys"

@@ -145,3 +145,50 @@ def test_cached_image_tarballs_are_loaded_in_place_on_the_hosts(tmp_path):
     # A tarball elsewhere is not in the hosts' mount: role docker copies it.
     elsewhere = tmp_path / "x.tar"
     assert stack._preload("x:1", elsewhere) == {"path": str(elsewhere), "name": "x:1"}
+
+
+def summary_of(**status) -> str:
+    import contextlib
+
+    from llmcloud import REPO_ROOT, cli
+
+    base = {
+        "stack": "demo",
+        "topology": "single",
+        "hosts": [{"host": "node1", "state": "running", "ports": {"22/tcp": "127.0.0.1:2222"}}],
+        "inventory": str(REPO_ROOT / "inventory" / "demo"),
+        "ssh_config": str(REPO_ROOT / "inventory" / "demo" / "ssh_config"),
+        "url": "https://localhost:8443/",
+        "ca_bundle": str(REPO_ROOT / "inventory" / "demo" / "tls" / "ca.pem"),
+        "api_key": "llmc_x",
+        "models": ["llmcloud/engine-test-double"],
+        "login": {"user": "alice"},
+        "chat_ui": True,
+        "engine": {"host": "node1", "note": "the engine TEST DOUBLE"},
+    }
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        cli._print_summary({**base, **status})
+    return out.getvalue()
+
+
+def test_summary_commands_need_only_the_repository_and_the_prerequisites():
+    """Each command runs as printed in a new shell: the venv's tools by path, no jq, no pipes."""
+    from llmcloud import REPO_ROOT
+
+    text = summary_of()
+    assert "inventory: inventory/demo " in text
+    assert "ssh -F inventory/demo/ssh_config node1" in text
+    assert "key=$(.venv/bin/llmcloud local status --stack demo --api-key)" in text
+    assert "--cacert inventory/demo/tls/ca.pem" in text
+    assert "jq" not in text and "|" not in text
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    for tool in {"llmcloud", "ansible-playbook"}:
+        assert f".venv/bin/{tool} " in text
+    for target in ("backup", "backup-drill", "restore", "monitor"):
+        assert f"make {target}" in text and f"\n{target}: " in makefile
+
+
+def test_summary_names_an_inventory_root_other_than_the_default(tmp_path):
+    text = summary_of(inventory=str(tmp_path / "demo"), ssh_config=str(tmp_path / "demo" / "ssh_config"))
+    assert f"local status --stack demo --inventory-root {tmp_path} --api-key" in text

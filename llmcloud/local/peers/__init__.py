@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from llmcloud.errors import UserError
@@ -34,10 +34,21 @@ def recipe_hash(directory: Path, *extra: str) -> str:
     return digest.hexdigest()[:12]
 
 
+#: Debian's Go, installed only when there is no Go at all (it is 1.19 on Debian 12: enough for the engine test
+#: double; oauth2-proxy and Ollama need the newer one that go.dev installs in /usr/local/go).
+GO_PACKAGES = {"go": "golang-go"}
+
+
+def find_go() -> str | None:
+    """The go command on PATH, else go.dev's install in /usr/local/go (not on every user's PATH)."""
+    return shutil.which("go") or shutil.which("go", path="/usr/local/go/bin")
+
+
 def go_command() -> str:
     """The go command, installing Debian's golang-go when there is none."""
-    system.ensure_packages({"go": "golang-go"})
-    return shutil.which("go") or "/usr/local/go/bin/go"
+    if not find_go():
+        system.ensure_packages(GO_PACKAGES)
+    return find_go() or "go"
 
 
 def go_binary(
@@ -118,8 +129,10 @@ def oauth2_proxy(client, progress, cache_dir: Path) -> tuple[str, Path]:
     return ref, tarball
 
 
-def oidc_mock(client, progress, base_ref: str) -> str:
-    """Image reference of the local identity provider, built on the hosts' base image."""
+def oidc_mock(client, progress, base_ref: str, on_base: Callable[[], object] = lambda: None) -> str:
+    """Image reference of the local identity provider, built on the hosts' base image.
+
+    ``on_base`` returns once the base image exists (it may be built meanwhile, beside this download)."""
     source = HERE / "oidc-mock"
     ref = f"llmcloud/oidc-mock:{recipe_hash(source, base_ref)}"
     if client.images.list(name=ref):
@@ -129,7 +142,7 @@ def oidc_mock(client, progress, base_ref: str) -> str:
         tempfile.TemporaryDirectory(prefix="llmcloud-oidc-mock-") as context,
         progress.step(f"build the identity provider image {ref} (oidc-provider-mock)"),
     ):
-        _build_from_pypi(client, source, Path(context), ref, base_ref, "oidc-provider-mock", "3.11")
+        _build_from_pypi(client, source, Path(context), ref, base_ref, on_base, "oidc-provider-mock", "3.11")
     return ref
 
 
@@ -139,11 +152,14 @@ def _build_from_pypi(
     context: Path,
     ref: str,
     base_ref: str,
+    on_base: Callable[[], object],
     what: str,
     python_version: str,
     platforms: tuple[str, ...] = ("manylinux2014_x86_64",),
 ) -> None:
-    """Build ``source``'s Dockerfile on the hosts' base image, its pinned wheels installed here into site/."""
+    """Build ``source``'s Dockerfile on the hosts' base image, its pinned wheels installed here into site/.
+
+    The download needs no base image: ``on_base`` is waited for only before the build."""
     installed = subprocess.run(
         [
             *(sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--only-binary=:all:"),
@@ -159,7 +175,11 @@ def _build_from_pypi(
             f"check that PyPI is reachable (llmcloud/local/peers/{source.name}/requirements.txt)",
         )
     shutil.copy(source / "Dockerfile", context)
-    client.images.build(path=str(context), tag=ref, rm=True, buildargs={"BASE": base_ref})
+    on_base()
+    # Docker reads the whole context before it answers (1.5 GB for the chat UI): the bound grows with it.
+    size = sum(f.stat().st_size for f in context.rglob("*") if f.is_file())
+    timeout = max(300, round(size / 2**30 * 600))
+    client.images.build(path=str(context), tag=ref, rm=True, buildargs={"BASE": base_ref}, timeout=timeout)
 
 
 OPEN_WEBUI_VERSION = "v0.12.4"
@@ -172,7 +192,9 @@ _MANYLINUX = (
 )
 
 
-def open_webui(client, progress, base_ref: str, cache_dir: Path) -> tuple[str, Path]:
+def open_webui(
+    client, progress, base_ref: str, cache_dir: Path, on_base: Callable[[], object] = lambda: None
+) -> tuple[str, Path]:
     """(image reference, tarball) of Open WebUI from PyPI (LOCAL stacks and tests), cached by its pins.
 
     Built once (about 1.5 GB, a few minutes); production uses the upstream image at the same version.
@@ -190,7 +212,9 @@ def open_webui(client, progress, base_ref: str, cache_dir: Path) -> tuple[str, P
                 progress.step(f"build the chat UI image {ref} (Open WebUI from PyPI, 1.5 GB, once)"),
             ):
                 what = "Open WebUI's packages"
-                _build_from_pypi(client, source, Path(context), ref, base_ref, what, "3.11.2", _MANYLINUX)
+                _build_from_pypi(
+                    client, source, Path(context), ref, base_ref, on_base, what, "3.11.2", _MANYLINUX
+                )
         with progress.step(f"save {ref} for preloading"):
             save(client, ref, tarball)
     return ref, tarball
