@@ -26,6 +26,7 @@ STACK = ["STACK=bench-first", "LOCAL_ARGS=--ssh-port 2280 --http-port 8096 --htt
 #: The images a local stack builds (their repositories), removed before each run.
 REPOSITORIES = (
     "llmcloud/debian12-systemd",
+    "llmcloud/debian12-cloud",
     "llmcloud/engine-double",
     "llmcloud/oauth2-proxy",
     "llmcloud/oidc-mock",
@@ -42,10 +43,11 @@ def go() -> str:
 
 
 def remove_caches() -> None:
-    for repository in REPOSITORIES:
+    # Images built on the base image first: Docker keeps a parent while it has children.
+    for repository in reversed(REPOSITORIES):
         ids = sh("docker", "images", "-q", repository).stdout.split()
         if ids:
-            sh("docker", "rmi", "-f", *sorted(set(ids)))
+            sh("docker", "rmi", "-f", *sorted(set(ids)), check=True)
     sh("docker", "builder", "prune", "-af")
     sh(go(), "clean", "-modcache")
     sh(go(), "clean", "-cache")
