@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+import urllib.parse
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,36 @@ def _local_file(value: str, fix: str) -> Path:
     if not path.is_file():
         raise ValueError(f"{value!r} is not a file on this machine; fix: {fix}")
     return path.resolve()
+
+
+def _check_url(
+    value: str, schemes: tuple[str, ...], example: str, path: bool = False, show: bool = True
+) -> str:
+    """An absolute URL of one of ``schemes`` with a real host name or address (what a typo breaks first).
+
+    ``show``: whether the message may repeat the value (not for secrets, whose URLs often carry a token)."""
+    shown = repr(value) if show else "the value"
+    fix = f"; fix: e.g. {example}"
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in schemes or not value.startswith(f"{parts.scheme}://"):
+        raise ValueError(f"{shown} is not a {' or '.join(s + '://' for s in schemes)} URL{fix}")
+    if re.search(r"\s", value):
+        raise ValueError(f"{shown} contains white space{fix}")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{shown} has a port that is not a number from 1 to 65535{fix}") from None
+    host = parts.hostname or ""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not re.match(rf"^{_DNS_LABEL}(\.{_DNS_LABEL})*$", host):
+            raise ValueError(f"{shown} has no valid host name{fix}") from None
+    if port == 0:
+        raise ValueError(f"{shown} has port 0{fix}")
+    if path and parts.path in ("", "/"):
+        raise ValueError(f"{shown} names no file (the URL has no path){fix}")
+    return value
 
 
 def _check_emails(values: list[str]) -> list[str]:
@@ -247,10 +278,8 @@ class ModelSource(_Model):
     @field_validator("url")
     @classmethod
     def _url(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^https?://[^/\s]+/\S+$", value):
-            raise ValueError(
-                f"{value!r} is not an http(s) URL; fix: e.g. https://objects.example.org/m.tar.gz"
-            )
+        if value is not None:
+            _check_url(value, ("https", "http"), "https://objects.example.org/m.tar.gz", path=True)
         return value
 
     @field_validator("host_path")
@@ -345,10 +374,8 @@ class Auth(_Model):
     @field_validator("issuer_url")
     @classmethod
     def _issuer(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^https://[A-Za-z0-9.-]+(:\d+)?(/\S*)?$", value):
-            raise ValueError(
-                f"{value!r} must be an https:// URL; fix: e.g. https://keycloak.example.org/realms/lab"
-            )
+        if value is not None:
+            _check_url(value, ("https",), "https://keycloak.example.org/realms/lab")
         return value
 
     @model_validator(mode="after")
@@ -435,6 +462,8 @@ class ChatUi(_Model):
     #: The chat UI's admin (an e-mail the login lets in); default the first of monitoring.admins or
     #: auth.allowedEmails.
     admin: str | None = None
+    #: Let that admin open and export other people's chats (Open WebUI allows it by default; here it is off).
+    admin_chat_access: bool = False
 
     @field_validator("admin")
     @classmethod
@@ -449,6 +478,11 @@ class Tls(_Model):
     #: Proxies allowed to set X-Forwarded-* (mode external).
     trusted_proxies: list[str] = []
 
+    @field_validator("acme_directory")
+    @classmethod
+    def _directory(cls, value: str) -> str:
+        return _check_url(value, ("https",), "https://acme-v02.api.letsencrypt.org/directory")
+
     @field_validator("acme_email")
     @classmethod
     def _email(cls, value: str | None) -> str | None:
@@ -461,9 +495,14 @@ class Tls(_Model):
     def _proxies(cls, values: list[str]) -> list[str]:
         for value in values:
             try:
-                ipaddress.ip_network(value, strict=False)
+                network = ipaddress.ip_network(value, strict=False)
             except ValueError:
                 raise ValueError(f"{value!r} is not an address or CIDR; fix: e.g. 10.0.0.5/32") from None
+            if network.prefixlen == 0:
+                raise ValueError(
+                    f"{value!r} trusts every address on the internet to say who the client is; fix: the load "
+                    "balancer's own addresses, e.g. 10.0.0.5/32"
+                )
         return values
 
     @model_validator(mode="after")
@@ -518,6 +557,15 @@ class StackConfig(_Model):
     cookie_secret: SecretStr | None = None
     #: Alertmanager posts alerts here (webhook URLs often carry a token, hence a secret).
     alert_webhook: SecretStr | None = None
+
+    @field_validator("alert_webhook")
+    @classmethod
+    def _webhook(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            _check_url(
+                value.get_secret_value(), ("https", "http"), "https://chat.example.org/hooks/...", show=False
+            )
+        return value
 
     @field_validator("name_prefix")
     @classmethod
@@ -619,7 +667,10 @@ def _format(error: dict[str, Any]) -> str:
     given = error.get("input")
     shown = (
         ""
-        if isinstance(given, dict) or error["type"] == "missing" or "secret" in loc.lower()
+        if isinstance(given, dict)
+        or error["type"] == "missing"
+        or "secret" in loc.lower()
+        or str(error["loc"][0] if error["loc"] else "") in SECRET_KEYS
         else f" (got {given!r})"
     )
     if repr(given) in message:

@@ -13,7 +13,7 @@ import pulumi
 import pulumi_openstack as openstack
 
 from llmcloud import REPO_ROOT, inventory
-from llmcloud.config import BackupTarget, ConfigError, StackConfig, Topology, from_pulumi
+from llmcloud.config import BackupTarget, ConfigError, StackConfig, TlsMode, Topology, from_pulumi
 from llmcloud.provision import DATA_MOUNT, ENGINE_PORT, NFS_MOUNT, preflight
 from llmcloud.provision.backup import BackupStorage
 from llmcloud.provision.configure import Configure, configuration_digest
@@ -79,6 +79,8 @@ def group_vars(cfg: StackConfig) -> dict[str, Any]:
         "nginx_admin_groups": list(cfg.monitoring.admin_groups),
         "open_webui_enabled": cfg.chat_ui.enabled,
         **({"open_webui_admin_email": cfg.chat_ui.admin} if cfg.chat_ui.admin else {}),
+        # Passed only when the user turned it on: the role's default (off) has one home.
+        **({"open_webui_admin_chat_access": True} if cfg.chat_ui.admin_chat_access else {}),
     }
 
 
@@ -137,7 +139,12 @@ def program(
     split = cfg.topology == Topology.split
 
     network = Network(prefix, cfg.network)
-    groups = SecurityGroups(prefix, cfg.admin_cidrs, [ENGINE_PORT + i for i in range(1, len(cfg.models) + 1)])
+    groups = SecurityGroups(
+        prefix,
+        cfg.admin_cidrs,
+        [ENGINE_PORT + i for i in range(1, len(cfg.models) + 1)],
+        web_sources=list(cfg.tls.trusted_proxies) if cfg.tls.mode == TlsMode.external else None,
+    )
     if cfg.ssh_public_key:
         keypair = openstack.compute.Keypair(
             f"{prefix}-key", name=f"{prefix}-key", public_key=cfg.ssh_public_key

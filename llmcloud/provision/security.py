@@ -28,7 +28,10 @@ class SecurityGroups(pulumi.ComponentResource):
         admin_cidrs: list[str],
         extra_engine_ports: list[int] | None = None,
         opts: pulumi.ResourceOptions | None = None,
+        web_sources: list[str] | None = None,
     ):
+        """``web_sources``: who may reach 80/443 on the edge; the world unless a load balancer terminates
+        TLS (tls.mode external: its addresses only, so no client skips it to choose its X-Forwarded-For)."""
         super().__init__("llmcloud:provision:SecurityGroups", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
 
@@ -58,8 +61,11 @@ class SecurityGroups(pulumi.ComponentResource):
 
         self.edge = group("edge", "llmcloud: public HTTP(S) on the edge")
         for port in (80, 443):
-            for cidr in ("0.0.0.0/0", "::/0"):
-                rule(f"edge-{port}-{_ethertype(cidr).lower()}", self.edge.id, port, cidr=cidr)
+            if web_sources is None:
+                for cidr in ("0.0.0.0/0", "::/0"):
+                    rule(f"edge-{port}-{_ethertype(cidr).lower()}", self.edge.id, port, cidr=cidr)
+            for i, cidr in enumerate(web_sources or []):
+                rule(f"edge-{port}-proxy-{i}", self.edge.id, port, cidr=cidr)
 
         self.engine = group("engine", "llmcloud: inference engine, reachable from the edge only")
         rule("engine-from-edge", self.engine.id, ENGINE_PORT, remote_group=self.edge.id)

@@ -591,6 +591,58 @@ def test_engine_internals_unreachable_through_the_edge_even_with_a_key(deployed)
     assert s.get(status["url"] + "healthz", timeout=20).status_code == 200
 
 
+def test_spoofed_forwarded_uri_and_health_check_agents_get_no_one_in(deployed):
+    """oauth2-proxy's advisories for setups like this one (nginx auth_request): a client's X-Forwarded-Uri
+    naming a public route (GHSA-7x63-xv5r-3p2x) or a health checker's User-Agent (GHSA-5hvv-m4w4-gf6v) is no
+    login, on a protected route nor on /oauth2/auth itself."""
+    stack, _ = deployed
+    status = endpoint(stack)
+    s = session(status["ca_bundle"])
+    tricks = [
+        {"X-Forwarded-Uri": uri}
+        for uri in ("/ping", "/ready", "/oauth2/static/x.css", "/robots.txt", "/healthz", "/oauth2/callback")
+    ]
+    agents = ("GoogleHC/1.0", "kube-probe/1.29", "ELB-HealthChecker/2.0")
+    tricks += [{"User-Agent": agent} for agent in agents]
+    for headers in tricks:
+        for path in ("v1/models", "oauth2/auth", "prometheus/"):
+            r = s.get(status["url"] + path, headers=headers, allow_redirects=False, timeout=20)
+            assert r.status_code in (302, 401, 403), (path, headers, r.status_code)
+        r = s.post(
+            status["url"] + "v1/chat/completions",
+            headers=headers,
+            json={"model": status["models"][0], "messages": [{"role": "user", "content": "Hi"}]},
+            timeout=20,
+        )
+        assert r.status_code == 401, (headers, r.status_code)
+
+
+def test_chat_ui_answers_no_other_origin_and_keeps_peoples_chats_from_the_admin(deployed):
+    """A page of another origin on the same site (a sibling subdomain, another port) cannot read a signed-in
+    person's chat UI with their cookies; its admin (alice) cannot export everyone's chats."""
+    stack, _ = deployed
+    if not stack.chat_ui:
+        pytest.skip("this stack has no chat UI")
+    status = endpoint(stack)
+    own = status["url"].rstrip("/")
+    person, _ = browser_login(status, "alice")
+    for origin in ("https://evil.localhost", f"https://other.localhost:{stack.https_port}", "null"):
+        for method in ("GET", "OPTIONS"):
+            headers = {"Origin": origin, "Access-Control-Request-Method": "GET"}
+            r = person.request(method, own + "/api/v1/auths/", headers=headers, timeout=30)
+            allowed = {k.lower(): v for k, v in r.headers.items() if k.lower().startswith("access-control-")}
+            assert not allowed, (origin, method, r.status_code, allowed)
+        # Its WebSocket (Socket.IO) takes the session cookie too: a foreign page's connection is refused.
+        handshake = own + "/ws/socket.io/?EIO=4&transport=polling"
+        assert person.get(handshake, headers={"Origin": origin}, timeout=30).status_code == 400, origin
+    assert person.get(handshake, headers={"Origin": own}, timeout=30).status_code == 200
+    signin = person.post(own + "/api/v1/auths/signin", json={"email": "", "password": ""}, timeout=60)
+    assert signin.status_code == 200 and signin.json()["role"] == "admin", signin.text[:200]
+    token = {"Authorization": f"Bearer {signin.json()['token']}"}
+    export = person.get(own + "/api/v1/chats/all/db", headers=token, timeout=30)
+    assert export.status_code in (401, 403), (export.status_code, export.text[:200])
+
+
 def test_tls_meets_mozilla_intermediate(deployed):
     stack, _ = deployed
     scan = subprocess.run(

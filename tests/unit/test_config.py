@@ -155,6 +155,31 @@ BAD = [
     ({"domain": DELETE}, "llmcloud:domain: is required"),
     ({"chatUi": DELETE}, "chatUi needs an admin: set chatUi.admin"),
     ({"chatUi": {"admin": "not-an-email"}}, "llmcloud:chatUi.admin"),
+    (
+        {"chatUi": {"admin": "a@example.org", "adminChatAccess": "sometimes"}},
+        "llmcloud:chatUi.adminChatAccess",
+    ),
+    # A URL of the kind a typo makes, in every setting that takes one.
+    ({"auth": {"provider": "oidc", "clientId": "x", "issuerUrl": "https//kc.example.org"}}, "auth.issuerUrl"),
+    (
+        {"auth": {"provider": "oidc", "clientId": "x", "issuerUrl": "https://kc..example.org"}},
+        "auth.issuerUrl",
+    ),
+    (
+        {"auth": {"provider": "oidc", "clientId": "x", "issuerUrl": "https://kc.example.org:84a3"}},
+        "auth.issuerUrl",
+    ),
+    (
+        {"tls": {"acmeEmail": "a@example.org", "acmeDirectory": "https:/acme.example.org"}},
+        "tls.acmeDirectory",
+    ),
+    ({"tls": {"acmeEmail": "a@example.org", "acmeDirectory": "acme.example.org/dir"}}, "tls.acmeDirectory"),
+    ({"engine": {"modelSource": {"url": "https://x.org /m.tgz"}}}, "llmcloud:engine.modelSource.url"),
+    ({"engine": {"modelSource": {"url": "https://objects.example.org"}}}, "llmcloud:engine.modelSource.url"),
+    ({"alertWebhook": "htps://chat.example.org/hooks/t0k3n"}, "llmcloud:alertWebhook"),
+    # No load balancer is the whole internet: a client would choose its own X-Forwarded-For.
+    ({"tls": {"mode": "external", "trustedProxies": ["0.0.0.0/0"]}}, "llmcloud:tls.trustedProxies"),
+    ({"tls": {"mode": "external", "trustedProxies": ["10.0.0.5/32", "::/0"]}}, "llmcloud:tls.trustedProxies"),
 ]
 
 
@@ -186,6 +211,30 @@ def test_bad_value_is_shown_but_a_secret_never():
     text = str(err.value)
     assert "(got 5)" in text
     assert "tiny-secret-value" not in text
+
+
+def test_a_bad_secret_url_is_named_but_never_shown():
+    with pytest.raises(ConfigError) as err:
+        parse({**BASE, "alertWebhook": "https://chat.example.org:99999/hooks/t0k3n-value"})
+    assert "llmcloud:alertWebhook" in str(err.value) and "port" in str(err.value)
+    assert "t0k3n-value" not in str(err.value)
+
+
+def test_good_urls_pass():
+    cfg = parse(
+        {
+            **BASE,
+            "alertWebhook": "https://chat.example.org/hooks/abc",
+            "auth": {
+                "provider": "oidc",
+                "clientId": "x",
+                "issuerUrl": "https://10.0.0.5:8443/realms/lab",
+                "allowedEmailDomains": ["example.org"],
+            },
+            "tls": {"acmeEmail": "a@example.org", "acmeDirectory": "https://localhost:14000/dir"},
+        }
+    )
+    assert cfg.auth.issuer_url == "https://10.0.0.5:8443/realms/lab"
 
 
 def test_plain_text_secret_is_refused():

@@ -125,6 +125,15 @@ def test_web_ports_public_only_on_the_edge_vm_in_split(tmp_path):
     assert all(edge not in ids for name, ids in groups_of.items() if "llm" in name.split("-")[2])
 
 
+def test_behind_a_load_balancer_the_web_ports_open_to_it_alone(tmp_path):
+    """tls.mode external: a client that skipped the load balancer could choose its own X-Forwarded-For."""
+    tls = {"mode": "external", "trustedProxies": ["10.0.0.5/32", "2001:db8::5/128"]}
+    mocks, _, _ = deploy(tmp_path, tls=tls, **SPLIT)
+    edge = group_id(mocks, "-edge")
+    ports = {(r["portRangeMin"], r["remoteIpPrefix"]) for r in rules(mocks) if r["securityGroupId"] == edge}
+    assert ports == {(p, cidr) for p in (80, 443) for cidr in ("10.0.0.5/32", "2001:db8::5/128")}
+
+
 @pytest.mark.parametrize(("allow", "protected"), [(False, True), (True, False)])
 def test_data_volume_protected_and_attached_at_boot(tmp_path, allow, protected):
     mocks, _, _ = deploy(tmp_path, allowDataLoss=allow, **SPLIT)

@@ -22,7 +22,7 @@ from llmcloud.errors import UserError
 from llmcloud.local import system
 
 HERE = Path(__file__).parent
-OAUTH2_PROXY_VERSION = "v7.8.1"
+OAUTH2_PROXY_VERSION = "v7.15.6"
 
 
 def recipe_hash(directory: Path, *extra: str) -> str:
@@ -58,7 +58,7 @@ def go_binary(
     cache_dir: Path,
     ldflags: str = "",
     cgo: bool = False,
-    fix: str = "install Go 1.23 or newer (/usr/local/go or Debian's golang-go) and check the Go module proxy",
+    fix: str = "install Go 1.26 or newer (go.dev's, in /usr/local/go) and check the Go module proxy",
 ) -> None:
     """Build a Go binary of ``package`` with the module (go.mod, go.sum) in ``source``, static unless cgo."""
     go = go_command()
