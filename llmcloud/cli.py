@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from llmcloud import REPO_ROOT
-from llmcloud.errors import UserError
+from llmcloud.errors import UserError, exit_code
 from llmcloud.progress import Progress
 
 DEFAULT_INVENTORY_ROOT = REPO_ROOT / "inventory"
@@ -408,17 +408,14 @@ def main(argv: list[str] | None = None) -> int:
     from docker.errors import DockerException
 
     args = parser().parse_args(argv)
-    try:
-        return _dispatch(args)
-    except UserError as err:
-        print(f"llmcloud: error: {err}", file=sys.stderr)
-        return 2
-    except DockerException as err:
-        print(f"llmcloud: error: the Docker engine refused: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("llmcloud: interrupted", file=sys.stderr)
-        return 130
+
+    def dispatch() -> int:
+        try:
+            return _dispatch(args)
+        except DockerException as err:
+            raise UserError(f"the Docker engine refused: {err}") from None
+
+    return exit_code(dispatch)
 
 
 def _dispatch(args) -> int:

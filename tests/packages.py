@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 
 from llmcloud.cloud.controlplane import DEBIAN_PACKAGES as CLOUD
-from llmcloud.errors import UserError
+from llmcloud.errors import exit_code
 from llmcloud.local import system
 from llmcloud.local.engine_ollama import BUILD_PACKAGES as OLLAMA_BUILD
 from llmcloud.local.peers import GO_PACKAGES, find_go
@@ -36,17 +36,16 @@ ALL = {
 
 def main() -> int:
     progress = Progress("test packages")
-    try:
+
+    def install() -> None:
         with progress.step(
             f"Debian packages for the suites ({len(set(ALL.values()))}, installed when missing)"
         ):
             system.ensure_packages(ALL)
         with progress.step("Docker engine"):
-            system.docker_client()
-    except UserError as err:
-        print(f"llmcloud: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+            system.docker_engine()
+
+    return exit_code(install)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from llmcloud import REPO_ROOT
-from llmcloud.errors import UserError
+from llmcloud.errors import UserError, exit_code
 from llmcloud.local import peers, system
 from llmcloud.progress import Progress
 
@@ -203,15 +203,14 @@ def ensure_vm(client, progress) -> str:
 def main() -> int:
     """Build (or find) the base image and print its reference: `make local` runs this beside the venv."""
     progress = Progress("base image")
-    try:
+
+    def build() -> None:
         with progress.step("Docker engine"):
             system.docker_engine()
         with progress.step("base image (Debian 12 + systemd, debootstrap)"):
             print(ensure(progress))
-    except UserError as err:
-        print(f"llmcloud: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+
+    return exit_code(build)
 
 
 if __name__ == "__main__":
