@@ -464,6 +464,9 @@ class ChatUi(_Model):
     admin: str | None = None
     #: Let that admin open and export other people's chats (Open WebUI allows it by default; here it is off).
     admin_chat_access: bool = False
+    #: Let Open WebUI run code: Tools and Functions (Python inside its container on the edge) and code
+    #: execution in chats. Off: nothing anyone pastes into the chat UI runs on the edge.
+    code_features: bool = False
 
     @field_validator("admin")
     @classmethod

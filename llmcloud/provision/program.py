@@ -81,6 +81,7 @@ def group_vars(cfg: StackConfig) -> dict[str, Any]:
         **({"open_webui_admin_email": cfg.chat_ui.admin} if cfg.chat_ui.admin else {}),
         # Passed only when the user turned it on: the role's default (off) has one home.
         **({"open_webui_admin_chat_access": True} if cfg.chat_ui.admin_chat_access else {}),
+        **({"open_webui_code_features": True} if cfg.chat_ui.code_features else {}),
     }
 
 

@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -213,7 +214,8 @@ def test_everything_back_after_a_host_restart_without_converge(deployed, record_
     took = time.monotonic() - began
     if stack.chat_ui:  # the chat UI comes back with the host too (its container's restart policy)
         deadline = time.monotonic() + 300
-        health = ["curl", "-sf", "--max-time", "5", "http://127.0.0.1:8090/health"]
+        health = ["curl", "-sf", "--max-time", "5", "--unix-socket", SITE["__site_chat_ui_socket"]]
+        health.append("http://localhost/health")
         while container.exec_run(health).exit_code != 0:
             assert time.monotonic() < deadline, "the chat UI did not come back after the host restart"
             time.sleep(2)
@@ -495,8 +497,18 @@ def test_bearer_jwts_right_audience_only_signed_only_unexpired_only(deployed):
         assert call(good) == 401  # expired
 
 
+# What site.yml passes the edge's roles beyond the inventory (vars/site.yml); a role applied alone gets it.
+SITE = yaml.safe_load((REPO_ROOT / "vars" / "site.yml").read_text())
+
+
 def apply_edge_role(stack: LocalStack, role: str, **overrides) -> None:
     edge = next(name for name, groups in stack.hosts() if "edge" in groups)
+    if role == "nginx" and stack.chat_ui:
+        overrides = {
+            "nginx_chat_ui_address": "unix:" + SITE["__site_chat_ui_socket"],
+            "nginx_chat_ui_engine_key_file": SITE["__site_chat_ui_engine_key_file"],
+            **overrides,
+        }
     with tempfile.NamedTemporaryFile("w", suffix=".json") as extra:
         json.dump(overrides, extra)
         extra.flush()
@@ -575,6 +587,199 @@ def test_rate_limits_count_each_api_key_on_its_own_and_say_when_to_retry(deploye
         apply_edge_role(stack, "nginx")
     assert call(status["api_key"]).status_code == 200
     assert call(slow["slow-a"]).status_code == 401  # revoked with the reload that the key change made
+
+
+def flood(send, count: int, workers: int = 8) -> tuple[list, float]:
+    """The answers of `count` calls of send(i), `workers` at a time, and the seconds they took."""
+    began = time.monotonic()
+    with ThreadPoolExecutor(workers) as pool:
+        answers = list(pool.map(send, range(count)))
+    return answers, time.monotonic() - began
+
+
+def assert_budget(answers: list, took: float, rps: float, burst: int, what: str) -> int:
+    """nginx lets burst + 1 requests through at once and rps more each second: the passed ones within ±10 %
+    of that for the time the flood took; every refused one says when to retry. The number that passed."""
+    passed = sum(1 for r in answers if r.status_code != 429)
+    expected = burst + 1 + rps * took
+    refused = [r for r in answers if r.status_code == 429]
+    print(f"\n  {what}: {passed} of {len(answers)} passed in {took:.2f}s (budget {expected:.0f})")
+    assert 0.9 * expected <= passed <= 1.1 * expected, (what, passed, expected, took)
+    assert refused and all(r.headers.get("Retry-After") == "1" for r in refused), what
+    return passed
+
+
+def refill(rps: float, burst: int) -> None:
+    """Wait until a drained budget is whole again (later tests come from the same address)."""
+    time.sleep(burst / rps + 1)
+
+
+def forged_jwt(issuer: str) -> str:
+    """A token shaped like the identity provider's (its issuer, an unknown key id), signed by nobody."""
+    import base64
+
+    def part(value) -> str:
+        raw = value if isinstance(value, bytes) else json.dumps(value).encode()
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    header = {"alg": "RS256", "kid": uuid.uuid4().hex}
+    claims = {"iss": issuer, "sub": "alice", "aud": CLIENT_ID, "exp": int(time.time()) + 600}
+    return ".".join((part(header), part(claims), part(uuid.uuid4().bytes * 8)))
+
+
+def forged_session() -> str:
+    """A cookie shaped like oauth2-proxy's session (value|time|signature), made by nobody."""
+    return f"{uuid.uuid4().hex * 4}|{int(time.time())}|{uuid.uuid4().hex}"
+
+
+def test_no_credential_escapes_the_per_address_limit_whatever_it_carries(deployed):
+    """400 requests from one address with made-up bearer JWTs (the provider's issuer), made-up session
+    cookies, wrong API keys or nothing: one budget, the address's. A valid key and a signed-in person from the
+    same address keep their own (a whole institute behind one address is not one client)."""
+    stack, _ = deployed
+    status = endpoint(stack)
+    s = session(status["ca_bundle"])
+    models = status["openai_base_url"] + "/models"
+    issuer = status["login"]["provider"]
+    alice, _ = browser_login(status, "alice")
+
+    def send(i: int):
+        headers = [
+            {"Authorization": f"Bearer {forged_jwt(issuer)}"},
+            {"Cookie": f"__Host-llmcloud={forged_session()}"},
+            {"Authorization": f"Bearer llmc_{uuid.uuid4().hex}"},
+            {},
+        ][i % 4]
+        return s.get(models, headers=headers, timeout=30)
+
+    answers, took = flood(send, 400)
+    assert {r.status_code for r in answers} <= {401, 429}
+    assert_budget(answers, took, 20, 200, "no valid credential, one address")
+    key = {"Authorization": f"Bearer {status['api_key']}"}
+    assert s.get(models, headers=key, timeout=20).status_code == 200
+    assert alice.get(models, timeout=20).status_code == 200
+    refill(20, 200)
+
+
+def test_a_person_has_one_budget_whatever_cookies_or_tokens_they_add(deployed):
+    """alice adds a made-up second session cookie (and other cookies) to each request: still one budget, hers,
+    which her bearer token shares; bob, signed in from the same address, keeps his own."""
+    stack, _ = deployed
+    if stack.topology != "single":
+        pytest.skip("one topology is enough: the limits live in the edge's nginx")
+    status = endpoint(stack)
+    models = status["openai_base_url"] + "/models"
+    alice, _ = browser_login(status, "alice")
+    bob, _ = browser_login(status, "bob")
+    token = idp_token(status, CLIENT_ID, "alice")
+
+    # A Cookie header of its own replaces the session's jar in requests: hers goes in it explicitly.
+    hers = "; ".join(f"{c.name}={c.value}" for c in alice.cookies if c.name.startswith("__Host-llmcloud"))
+    assert hers, list(alice.cookies.keys())
+
+    def send(i: int):
+        extra = f"{hers}; __Host-llmcloud_0={forged_session()}; x{i}={uuid.uuid4().hex}"
+        return alice.get(models, headers={"Cookie": extra} if i % 2 else {}, timeout=30)
+
+    answers, took = flood(send, 400)
+    assert {r.status_code for r in answers} <= {200, 429}, {r.status_code for r in answers}
+    assert_budget(answers, took, 20, 200, "alice with extra cookies")
+    s = session(status["ca_bundle"])
+    assert s.get(models, headers={"Authorization": f"Bearer {token}"}, timeout=20).status_code == 429
+    assert bob.get(models, timeout=20).status_code == 200
+    refill(20, 200)
+
+
+def test_sign_in_prometheus_and_chat_ui_have_limits_and_chats_count_for_the_person(deployed):
+    """/oauth2/auth and /prometheus/ (per address), the chat UI's pages (per person) answer 429 past their
+    budgets; a person's chats through the chat UI count against the budget of their own API requests, and
+    another person's chats go on."""
+    stack, _ = deployed
+    if not stack.chat_ui:
+        pytest.skip("the single stack has the chat UI and everything else of this test")
+    status = endpoint(stack)
+    own = status["url"].rstrip("/")
+    s = session(status["ca_bundle"])
+    for path in ("/oauth2/auth", "/prometheus/"):
+        answers, took = flood(lambda i, url=own + path: s.get(url, allow_redirects=False, timeout=30), 150)
+        assert_budget(answers, took, 5, 60, path)
+        refill(5, 60)
+    alice, _ = browser_login(status, "alice")
+    answers, took = flood(lambda i: alice.get(own + "/manifest.json", timeout=30), 600)
+    assert_budget(answers, took, 20, 400, "the chat UI's pages for alice")
+    refill(20, 400)
+
+    def chat(person) -> object:
+        signin = person.post(own + "/api/v1/auths/signin", json={"email": "", "password": ""}, timeout=60)
+        token = {"Authorization": f"Bearer {signin.json()['token']}"}
+        body = {"model": DOUBLE_MODEL, "messages": [{"role": "user", "content": "Hi"}], "stream": False}
+        return person.post(own + "/api/chat/completions", headers=token, json=body, timeout=120)
+
+    bob, _ = browser_login(status, "bob")
+    assert chat(alice).status_code == 200
+    drained, _ = flood(lambda i: alice.get(status["openai_base_url"] + "/models", timeout=30), 260)
+    assert any(r.status_code == 429 for r in drained)
+    limited = chat(alice)
+    assert limited.status_code == 429 or "429" in limited.text, (limited.status_code, limited.text[:300])
+    assert chat(bob).status_code == 200
+    refill(20, 200)
+
+
+def test_only_the_service_name_is_answered_and_the_sign_in_keeps_no_query(deployed):
+    """Any other Host gets 421 (HTTPS) or 404 (HTTP) and is never written back; the redirect to HTTPS names
+    the service; the sign-in comes back to the path without its query, which never reaches the provider."""
+    stack, _ = deployed
+    status = endpoint(stack)
+    context = ssl.create_default_context(cafile=status["ca_bundle"])
+    with (
+        socket.create_connection(("127.0.0.1", stack.https_port), timeout=20) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        tls.sendall(b"GET /v1/models HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n")
+        answer = tls.recv(65536).decode(errors="replace")
+    assert answer.startswith("HTTP/1.1 421") and "evil" not in answer, answer[:300]
+    for request in (
+        b"GET /x?y=1 HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n",
+        b"GET http://evil.example/x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        b"GET /x?y=1 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    ):
+        with socket.create_connection(("127.0.0.1", stack.http_port), timeout=20) as plain:
+            plain.sendall(request)
+            answer = plain.recv(65536).decode(errors="replace")
+        assert "evil" not in answer, (request, answer[:300])
+        if b"Host: localhost" in request and b"evil" not in request:
+            assert f"Location: https://localhost:{stack.https_port}/x?y=1" in answer, answer[:300]
+        else:
+            assert answer.startswith("HTTP/1.1 404"), answer[:300]
+    s = session(status["ca_bundle"])
+    secret = uuid.uuid4().hex
+    path = "/c/some-chat" if stack.chat_ui else "/"
+    own = status["url"].rstrip("/")
+    first = s.get(own + f"{path}?q={secret}&lang=en", allow_redirects=False, timeout=20)
+    assert first.status_code == 302 and first.headers["Location"] == f"/oauth2/start?rd={path}", first.headers
+    to_provider = s.get(own + first.headers["Location"], allow_redirects=False, timeout=20)
+    assert to_provider.status_code == 302 and secret not in to_provider.headers["Location"]
+    odd = s.get(status["url"] + "a%20b?q=1", allow_redirects=False, timeout=20)
+    if odd.status_code == 302:
+        assert odd.headers["Location"] == "/oauth2/start?rd=/", odd.headers
+
+
+def test_routed_requests_reach_the_engine_at_its_canonical_path_with_a_bounded_body(deployed):
+    """With several models nginx reads the body to route it: the engine sees the normalised path, and a body
+    over nginx_route_max_body_size gets a clear 413."""
+    stack, _ = deployed
+    if not stack.extra_models:
+        pytest.skip("routing is on with several models (the split stack)")
+    status = endpoint(stack)
+    s = session(status["ca_bundle"])
+    auth = {"Authorization": f"Bearer {status['api_key']}"}
+    body = {"model": DOUBLE_MODEL, "messages": [{"role": "user", "content": "Hi"}]}
+    for path in ("v1//chat/completions", "v1/./chat/completions", "v1/chat/%63ompletions"):
+        r = s.post(status["url"] + path, headers=auth, json=body, timeout=60)
+        assert r.status_code == 200 and r.json()["choices"], (path, r.status_code, r.text[:200])
+    huge = {"model": DOUBLE_MODEL, "messages": [{"role": "user", "content": "x" * (5 * 1024 * 1024)}]}
+    r = s.post(status["openai_base_url"] + "/chat/completions", headers=auth, json=huge, timeout=60)
+    assert r.status_code == 413 and "nginx_route_max_body_size" in r.json()["detail"], r.text[:300]
 
 
 def test_engine_internals_unreachable_through_the_edge_even_with_a_key(deployed):
@@ -815,11 +1020,30 @@ def test_prometheus_in_a_real_browser_for_an_admin(deployed):
         driver.quit()
 
 
+CROSS_ORIGIN_PAGE = """<!doctype html><title>reading</title><pre id="outcome"></pre><script>
+const outcome = {};
+async function tryRead(name, path, init) {
+  try {
+    const r = await fetch("OWN" + path, Object.assign({credentials: "include"}, init || {}));
+    outcome[name] = "read " + r.status + ": " + (await r.text()).slice(0, 80);
+  } catch (e) { outcome[name] = "blocked"; }
+}
+(async () => {
+  await tryRead("session", "/api/v1/auths/");
+  await tryRead("chats", "/api/v1/chats/");
+  await tryRead("models", "/api/models");
+  await tryRead("preflighted", "/api/v1/chats/", {headers: {"Content-Type": "application/json"}});
+  document.getElementById("outcome").textContent = JSON.stringify(outcome);
+  document.title = "done";
+})();
+</script>"""
+
+
 def test_chat_ui_in_a_real_browser(deployed):
     """Chromium opens the endpoint: alice signs in at the identity provider, lands in Open WebUI's chat (no
     second password), sends a prompt and sees the engine's streamed reply appear; mallory is refused at the
     login. Screenshot: chat-ui-single.png in the artifacts."""
-    from browser import artifacts, chromium, sign_in_at_the_mock_provider, spki_pin
+    from browser import artifacts, chromium, serve_page, sign_in_at_the_mock_provider, spki_pin
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions as ready
@@ -830,7 +1054,11 @@ def test_chat_ui_in_a_real_browser(deployed):
         pytest.skip("no chat UI on this stack (the single stack covers it)")
     status = endpoint(stack)
     pin = spki_pin("127.0.0.1", stack.https_port)
-    driver = chromium(pin)
+    # A page of another origin on the same site (another port of localhost), as a sibling service of the
+    # institute would be: it tries to read the chat UI with the person's cookies.
+    own = status["url"].rstrip("/")
+    attacker, attacker_pin, attacker_server = serve_page(CROSS_ORIGIN_PAGE.replace("OWN", own))
+    driver = chromium(f"{pin},{attacker_pin}")
     shot = artifacts() / f"chat-ui-{stack.topology}.png"
     try:
         driver.get(status["url"])
@@ -853,8 +1081,15 @@ def test_chat_ui_in_a_real_browser(deployed):
             shot.with_suffix(".html").write_text(driver.page_source)
         assert driver.current_url.startswith(status["url"]), driver.current_url
         assert "Say hello to the summer school" in driver.find_element(By.TAG_NAME, "body").text
+        # Signed in, alice visits the other page: every read of the chat UI fails in her browser.
+        driver.get(attacker)
+        WebDriverWait(driver, 60).until(lambda d: d.title.startswith("done"))
+        driver.save_screenshot(str(artifacts() / f"chat-ui-{stack.topology}-cross-origin.png"))
+        outcome = json.loads(driver.find_element(By.ID, "outcome").text)
+        assert outcome and all(v == "blocked" for v in outcome.values()), outcome
     finally:
         driver.quit()
+        attacker_server.shutdown()
     refused = chromium(pin)
     try:
         refused.get(status["url"])
