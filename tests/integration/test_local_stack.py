@@ -13,6 +13,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -662,8 +663,8 @@ def test_no_credential_escapes_the_per_address_limit_whatever_it_carries(deploye
 
 
 def test_a_person_has_one_budget_whatever_cookies_or_tokens_they_add(deployed):
-    """alice adds a made-up second session cookie (and other cookies) to each request: still one budget, hers,
-    which her bearer token shares; bob, signed in from the same address, keeps his own."""
+    """alice adds a made-up second session cookie (and other cookies) to her requests and sends some with her
+    bearer token instead: still one budget, hers; bob, signed in from the same address, keeps his own."""
     stack, _ = deployed
     if stack.topology != "single":
         pytest.skip("one topology is enough: the limits live in the edge's nginx")
@@ -677,15 +678,17 @@ def test_a_person_has_one_budget_whatever_cookies_or_tokens_they_add(deployed):
     hers = "; ".join(f"{c.name}={c.value}" for c in alice.cookies if c.name.startswith("__Host-llmcloud"))
     assert hers, list(alice.cookies.keys())
 
+    s = session(status["ca_bundle"])
+
     def send(i: int):
+        if i % 3 == 2:
+            return s.get(models, headers={"Authorization": f"Bearer {token}"}, timeout=30)
         extra = f"{hers}; __Host-llmcloud_0={forged_session()}; x{i}={uuid.uuid4().hex}"
-        return alice.get(models, headers={"Cookie": extra} if i % 2 else {}, timeout=30)
+        return alice.get(models, headers={"Cookie": extra} if i % 3 else {}, timeout=30)
 
     answers, took = flood(send, 400)
     assert {r.status_code for r in answers} <= {200, 429}, {r.status_code for r in answers}
-    assert_budget(answers, took, 20, 200, "alice with extra cookies")
-    s = session(status["ca_bundle"])
-    assert s.get(models, headers={"Authorization": f"Bearer {token}"}, timeout=20).status_code == 429
+    assert_budget(answers, took, 20, 200, "alice with extra cookies and her bearer token")
     assert bob.get(models, timeout=20).status_code == 200
     refill(20, 200)
 
@@ -717,11 +720,28 @@ def test_sign_in_prometheus_and_chat_ui_have_limits_and_chats_count_for_the_pers
 
     bob, _ = browser_login(status, "bob")
     assert chat(alice).status_code == 200
-    drained, _ = flood(lambda i: alice.get(status["openai_base_url"] + "/models", timeout=30), 260)
-    assert any(r.status_code == 429 for r in drained)
-    limited = chat(alice)
-    assert limited.status_code == 429 or "429" in limited.text, (limited.status_code, limited.text[:300])
-    assert chat(bob).status_code == 200
+    # While alice's own API requests keep her budget drained, her chats through the chat UI are refused with
+    # it; bob's chats at the same time are not.
+    models = status["openai_base_url"] + "/models"
+    done = threading.Event()
+
+    def drain(_: int) -> list[int]:
+        codes = []
+        while not done.is_set():
+            codes.append(alice.get(models, timeout=30).status_code)
+        return codes
+
+    with ThreadPoolExecutor(4) as background:
+        draining = [background.submit(drain, i) for i in range(4)]
+        time.sleep(2)
+        hers = [chat(alice) for _ in range(3)]
+        his = [chat(bob) for _ in range(3)]
+        done.set()
+        drained = [code for future in draining for code in future.result()]
+    assert drained.count(429) > drained.count(200), (drained.count(429), drained.count(200))
+    refused = [r for r in hers if r.status_code == 429 or "429" in r.text]
+    assert len(refused) >= 2, [(r.status_code, r.text[:200]) for r in hers]
+    assert [r.status_code for r in his] == [200] * 3, [(r.status_code, r.text[:200]) for r in his]
     refill(20, 200)
 
 

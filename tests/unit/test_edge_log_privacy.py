@@ -69,3 +69,31 @@ def test_what_is_logged_is_a_network_that_holds_the_address_and_at_least_a_48(ad
     network = ipaddress.ip_network(f"{shown}/48", strict=False)
     assert ipaddress.ip_address(address) in network
     assert ipaddress.ip_address(shown) == network.network_address, "bits below the /48 were logged"
+
+
+def signin_path(request_uri: str) -> str:
+    """Where the sign-in sends a person back ($llmcloud_signin_path), by the role's map."""
+    found = re.search(r"map \$request_uri \$llmcloud_signin_path \{\n(.*?)\n\}", TEMPLATE.read_text(), re.S)
+    rule, default = found.group(1).splitlines()
+    key, value = rule.strip().rsplit(None, 1)
+    regex = re.compile(key.strip('"').lstrip("~").replace("(?<", "(?P<"))
+    if match := regex.search(request_uri):
+        return re.sub(r"\$(\w+)", lambda m: match.group(m.group(1)), value.rstrip(";"))
+    return default.split()[-1].rstrip(";")
+
+
+@pytest.mark.parametrize(
+    ("request_uri", "back_to"),
+    [
+        ("/c/0b1e?q=my+secret+prompt&lang=en", "/c/0b1e"),  # the query never reaches the provider's logs
+        ("/", "/"),
+        ("/?q=secret", "/"),
+        ("/workspace/models", "/workspace/models"),
+        ("//evil.example/x", "/"),  # would read as another site
+        ("/a%20b", "/"),  # anything to escape: back to /
+        ("/x&rd=https://evil.example", "/"),
+        ("/x\\evil", "/"),
+    ],
+)
+def test_the_sign_in_comes_back_to_the_path_only(request_uri, back_to):
+    assert signin_path(request_uri) == back_to
