@@ -68,6 +68,8 @@ STATE_FILE = "local-stack.json"
 #: The demo users of the local identity provider; only example.org addresses may sign in.
 DEMO_USERS = [
     {"sub": "alice", "email": "alice@example.org", "email_verified": True, "groups": ["llm-users"]},
+    # A second person the login lets in: one person's budget or quota must leave another's alone.
+    {"sub": "bob", "email": "bob@example.org", "email_verified": True, "groups": ["llm-users"]},
     {"sub": "mallory", "email": "mallory@elsewhere.test", "email_verified": True, "groups": []},
 ]
 CLIENT_ID = "llmcloud-local"

@@ -733,10 +733,12 @@ def test_sign_in_prometheus_and_chat_ui_have_limits_and_chats_count_for_the_pers
 
     with ThreadPoolExecutor(4) as background:
         draining = [background.submit(drain, i) for i in range(4)]
-        time.sleep(2)
-        hers = [chat(alice) for _ in range(3)]
-        his = [chat(bob) for _ in range(3)]
-        done.set()
+        try:
+            time.sleep(2)
+            hers = [chat(alice) for _ in range(3)]
+            his = [chat(bob) for _ in range(3)]
+        finally:
+            done.set()
         drained = [code for future in draining for code in future.result()]
     assert drained.count(429) > drained.count(200), (drained.count(429), drained.count(200))
     refused = [r for r in hers if r.status_code == 429 or "429" in r.text]
