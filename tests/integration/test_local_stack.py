@@ -872,6 +872,15 @@ def test_chat_ui_answers_no_other_origin_and_keeps_peoples_chats_from_the_admin(
     token = {"Authorization": f"Bearer {signin.json()['token']}"}
     export = person.get(own + "/api/v1/chats/all/db", headers=token, timeout=30)
     assert export.status_code in (401, 403), (export.status_code, export.text[:200])
+    # What a signed-in person's requests reach (Open WebUI, oauth2-proxy): no log on the edge keeps the query.
+    marker = "q" + uuid.uuid4().hex
+    assert person.get(own + f"/api/v1/chats/?page=1&q={marker}", headers=token, timeout=30).status_code == 200
+    edge = system.docker_client().containers.get(stack.container_name("node1"))
+    time.sleep(2)
+    found = edge.exec_run(
+        ["sh", "-c", f"journalctl -o cat --since -10min | grep -c {marker}; grep -rlF {marker} /var/log"]
+    )
+    assert found.output.decode().split() == ["0"], found.output.decode()
 
 
 def test_tls_meets_mozilla_intermediate(deployed):
