@@ -48,6 +48,8 @@ UNLIMITED = {
     "nginx_rate_limit_burst": 1000000,
     "nginx_rate_limit_anonymous_rps": 1000000,
     "nginx_rate_limit_anonymous_burst": 1000000,
+    "nginx_chat_ui_rate_limit_rps": 1000000,
+    "nginx_chat_ui_rate_limit_burst": 1000000,
 }
 
 
@@ -97,6 +99,7 @@ def _non2xx(out: str) -> int:
 
 def edge_settings(stack: LocalStack, **overrides) -> None:
     """The nginx role on the edge with these settings (none: the inventory's own)."""
+    overrides = {**stack.nginx_site_vars(), **overrides}
     with tempfile.NamedTemporaryFile("w", suffix=".json") as extra:
         json.dump(overrides, extra)
         extra.flush()

@@ -163,6 +163,17 @@ class LocalStack:
     def container_name(self, host: str) -> str:
         return f"llmcloud-{self.name}-{host}"
 
+    def nginx_site_vars(self) -> dict:
+        """What site.yml passes role nginx beyond the inventory (vars/site.yml), for the role applied alone
+        (tests, benchmarks): without them the chat UI would leave the edge's configuration."""
+        if not self.chat_ui:
+            return {}
+        site = yaml.safe_load((REPO_ROOT / "vars" / "site.yml").read_text())
+        return {
+            "nginx_chat_ui_address": "unix:" + site["__site_chat_ui_socket"],
+            "nginx_chat_ui_engine_key_file": site["__site_chat_ui_engine_key_file"],
+        }
+
     def hosts(self) -> list[tuple[str, tuple[str, ...]]]:
         """The planned hosts as (name, groups)."""
         if self.topology == "single":

@@ -504,12 +504,8 @@ SITE = yaml.safe_load((REPO_ROOT / "vars" / "site.yml").read_text())
 
 def apply_edge_role(stack: LocalStack, role: str, **overrides) -> None:
     edge = next(name for name, groups in stack.hosts() if "edge" in groups)
-    if role == "nginx" and stack.chat_ui:
-        overrides = {
-            "nginx_chat_ui_address": "unix:" + SITE["__site_chat_ui_socket"],
-            "nginx_chat_ui_engine_key_file": SITE["__site_chat_ui_engine_key_file"],
-            **overrides,
-        }
+    if role == "nginx":
+        overrides = {**stack.nginx_site_vars(), **overrides}
     with tempfile.NamedTemporaryFile("w", suffix=".json") as extra:
         json.dump(overrides, extra)
         extra.flush()
