@@ -112,6 +112,8 @@ def test_only_the_service_name_is_answered_and_never_written_back(host, edge):
     for port in (None, 80):
         status, headers = request(host, edge, "/v1/models", port=port, name="evil.invalid")
         assert status in (404, 421) and "evil.invalid" not in headers, (port, headers)
+    # /healthz, public anyway, for a load balancer's health check by address.
+    assert request(host, edge, "/healthz", name="evil.invalid")[0] == 200
 
 
 def test_api_without_credentials_is_401_and_browser_is_redirected(host, edge):
