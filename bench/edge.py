@@ -170,7 +170,8 @@ def main() -> int:
         levels = [int(x) for x in args.levels.split(",")]
         bearer = lambda token: {"Authorization": f"Bearer {token}"}  # noqa: E731
         signed_in, _ = browser_login(status, "alice")
-        cookie = "; ".join(f"{c.name}={c.value}" for c in signed_in.cookies if c.name.startswith("__Host-llmcloud"))
+        session = [c for c in signed_in.cookies if c.name.startswith("__Host-llmcloud")]
+        cookie = "; ".join(f"{c.name}={c.value}" for c in session)
         token = id_token(status, CLIENT_ID)
         host = Host(stack)
         host.prepare()
