@@ -775,8 +775,14 @@ def test_only_the_service_name_is_answered_and_the_sign_in_keeps_no_query(deploy
     own = status["url"].rstrip("/")
     first = s.get(own + f"{path}?q={secret}&lang=en", allow_redirects=False, timeout=20)
     assert first.status_code == 302 and first.headers["Location"] == f"/oauth2/start?rd={path}", first.headers
+    # The query waits in a cookie of this host (10 minutes) and comes back after the sign-in...
+    back = first.headers["Set-Cookie"]
+    assert back.startswith(f"__Host-llmcloud_back={path}?q={secret}&lang=en;") and "HttpOnly" in back, back
     to_provider = s.get(own + first.headers["Location"], allow_redirects=False, timeout=20)
     assert to_provider.status_code == 302 and secret not in to_provider.headers["Location"]
+    # ...which sends the person to the path with its query again.
+    again = s.get(own + path, allow_redirects=False, timeout=20)
+    assert again.status_code == 302 and again.headers["Location"] == f"{path}?q={secret}&lang=en", again.headers
     odd = s.get(status["url"] + "a%20b?q=1", allow_redirects=False, timeout=20)
     if odd.status_code == 302:
         assert odd.headers["Location"] == "/oauth2/start?rd=/", odd.headers
