@@ -782,7 +782,8 @@ def test_only_the_service_name_is_answered_and_the_sign_in_keeps_no_query(deploy
     assert to_provider.status_code == 302 and secret not in to_provider.headers["Location"]
     # ...which sends the person to the path with its query again.
     again = s.get(own + path, allow_redirects=False, timeout=20)
-    assert again.status_code == 302 and again.headers["Location"] == f"{path}?q={secret}&lang=en", again.headers
+    assert again.status_code == 302, again.headers
+    assert again.headers["Location"] == f"{path}?q={secret}&lang=en", again.headers
     odd = s.get(status["url"] + "a%20b?q=1", allow_redirects=False, timeout=20)
     if odd.status_code == 302:
         assert odd.headers["Location"] == "/oauth2/start?rd=/", odd.headers
