@@ -3,6 +3,12 @@
 Users write it under the `llmcloud:` namespace of `stacks/Pulumi.<stack>.yaml`, in camelCase
 (`llmcloud:engineNode: {flavor: ...}`). It is validated before any cloud call; every error names the
 key, the bad value and the fix. Defaults suit a de.NBI project.
+
+What the roles do by default lives in the roles (`roles/<role>/defaults/main.yml`): a setting left out here is
+left out of the inventory (contract.role_vars); where validation needs the value (the engine's kind and model,
+the TLS mode, the login provider) it is read from the role's defaults. The local stack (`llmcloud local`)
+validates its settings with this schema too, with the context {"local": True}: it alone may name `localhost`,
+an http:// identity provider on its private network, and no cloud way in (`reach`).
 """
 
 from __future__ import annotations
@@ -21,10 +27,13 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
+
+from llmcloud.contract import role_default
 
 NAMESPACE = "llmcloud"
 #: Config keys that must be Pulumi secrets (`pulumi config set --secret`).
@@ -89,6 +98,11 @@ def _check_emails(values: list[str]) -> list[str]:
         if not _EMAIL.match(value):
             raise ValueError(f"{value!r} is not an e-mail address; fix: e.g. alice@example.org")
     return values
+
+
+def _local(info: ValidationInfo) -> bool:
+    """Validating a local stack's settings (llmcloud local), not a cloud stack's."""
+    return bool(info.context and info.context.get("local"))
 
 
 class _Model(BaseModel):
@@ -242,8 +256,8 @@ class Reach(_Model):
         return value
 
     @model_validator(mode="after")
-    def _one_way_in(self):
-        if not self.floating_ip_pool and not self.jump_host:
+    def _one_way_in(self, info: ValidationInfo):
+        if not self.floating_ip_pool and not self.jump_host and not _local(info):
             raise ValueError(
                 "set floatingIpPool (a pool name) or jumpHost (user@host): nothing else can reach the VMs"
             )
@@ -317,8 +331,8 @@ class ModelSource(_Model):
 
 
 class Engine(_Model):
-    kind: EngineKind = EngineKind.tgi
-    model_id: str = "Qwen/Qwen2.5-1.5B-Instruct"
+    kind: EngineKind = Field(default_factory=lambda: role_default("llm_engine", "llm_engine_kind"))
+    model_id: str = Field(default_factory=lambda: role_default("llm_engine", "llm_engine_model_id"))
     #: Without it the engine downloads modelId from the hub; with it, the model comes from a file (modelId is
     #: then the name clients use).
     model_source: ModelSource | None = None
@@ -346,11 +360,10 @@ class ExtraModel(Engine):
     model_id: str
 
 
-LIFESCIENCE_ISSUER = "https://login.aai.lifescience-ri.eu/oidc/"
-
-
 class Auth(_Model):
-    provider: AuthProvider = AuthProvider.lifescience
+    provider: AuthProvider = Field(
+        default_factory=lambda: role_default("oauth2_proxy", "oauth2_proxy_provider")
+    )
     issuer_url: str | None = None
     client_id: str | None = None
     allowed_emails: list[str] = []
@@ -373,9 +386,11 @@ class Auth(_Model):
 
     @field_validator("issuer_url")
     @classmethod
-    def _issuer(cls, value: str | None) -> str | None:
+    def _issuer(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is not None:
-            _check_url(value, ("https",), "https://keycloak.example.org/realms/lab")
+            # The local stack's identity provider answers plain HTTP on the stack's own network.
+            schemes = ("https", "http") if _local(info) else ("https",)
+            _check_url(value, schemes, "https://keycloak.example.org/realms/lab")
         return value
 
     @model_validator(mode="after")
@@ -401,10 +416,6 @@ class Auth(_Model):
             )
         return self
 
-    @property
-    def issuer(self) -> str | None:
-        return LIFESCIENCE_ISSUER if self.provider == AuthProvider.lifescience else self.issuer_url
-
 
 class Backup(_Model):
     target: BackupTarget = BackupTarget.none
@@ -413,15 +424,15 @@ class Backup(_Model):
     share_network: str | None = None
     share_type: str | None = None
     container: str = "llmcloud-backup"
-    keep_daily: int = Field(default=7, ge=0, le=366)
-    keep_weekly: int = Field(default=4, ge=0, le=104)
-    keep_monthly: int = Field(default=6, ge=0, le=120)
+    #: Snapshots restic keeps; unset: role restic's defaults (restic_keep_*).
+    keep_daily: int | None = Field(default=None, ge=0, le=366)
+    keep_weekly: int | None = Field(default=None, ge=0, le=104)
+    keep_monthly: int | None = Field(default=None, ge=0, le=120)
 
     @model_validator(mode="after")
     def _keeps_something(self):
-        if self.target != BackupTarget.none and not (
-            self.keep_daily or self.keep_weekly or self.keep_monthly
-        ):
+        keeps = [self.keep_daily, self.keep_weekly, self.keep_monthly]
+        if self.target != BackupTarget.none and keeps == [0, 0, 0]:
             raise ValueError(
                 "keepDaily, keepWeekly and keepMonthly are all 0: every snapshot would be pruned"
             )
@@ -438,8 +449,8 @@ class Monitoring(_Model):
     #: Where alerts go: an e-mail address through a mail relay, and/or the secret alertWebhook (top level).
     alert_email: str | None = None
     alert_smarthost: str | None = None
-    #: How long samples are kept.
-    retention_days: int = Field(default=15, ge=1, le=3650)
+    #: How long samples are kept; unset: role monitoring's monitoring_retention_time.
+    retention_days: int | None = Field(default=None, ge=1, le=3650)
 
     @field_validator("admins")
     @classmethod
@@ -458,7 +469,8 @@ class Monitoring(_Model):
 class ChatUi(_Model):
     """Open WebUI for people at https://<domain>/ behind the same login (role open_webui)."""
 
-    enabled: bool = True
+    #: Unset: on (site.yml's default, also for inventories written by hand); false turns it off.
+    enabled: bool | None = None
     #: The chat UI's admin (an e-mail the login lets in); default the first of monitoring.admins or
     #: auth.allowedEmails.
     admin: str | None = None
@@ -475,15 +487,18 @@ class ChatUi(_Model):
 
 
 class Tls(_Model):
-    mode: TlsMode = TlsMode.acme_http01
+    mode: TlsMode = Field(default_factory=lambda: role_default("certbot", "certbot_mode"))
     acme_email: str | None = None
-    acme_directory: str = "https://acme-v02.api.letsencrypt.org/directory"
+    #: Unset: role certbot's certbot_acme_directory (Let's Encrypt).
+    acme_directory: str | None = None
     #: Proxies allowed to set X-Forwarded-* (mode external).
     trusted_proxies: list[str] = []
 
     @field_validator("acme_directory")
     @classmethod
-    def _directory(cls, value: str) -> str:
+    def _directory(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
         return _check_url(value, ("https",), "https://acme-v02.api.letsencrypt.org/directory")
 
     @field_validator("acme_email")
@@ -595,7 +610,9 @@ class StackConfig(_Model):
 
     @field_validator("domain")
     @classmethod
-    def _domain(cls, value: str) -> str:
+    def _domain(cls, value: str, info: ValidationInfo) -> str:
+        if value == "localhost" and _local(info):
+            return value
         if not _DOMAIN.match(value):
             raise ValueError(f"{value!r} is not a DNS name; fix: e.g. llm.uni-example.de (lower case)")
         return value
@@ -649,7 +666,7 @@ class StackConfig(_Model):
                 "one model each; clients pick by that name)"
             )
         admin = self.chat_ui.admin or self.monitoring.admins or self.auth.allowed_emails
-        if self.chat_ui.enabled and not admin:
+        if self.chat_ui.enabled is not False and not admin:
             problems.append(
                 "chatUi needs an admin: set chatUi.admin (an e-mail the login lets in), or "
                 "monitoring.admins or auth.allowedEmails, or turn the chat UI off with chatUi.enabled: false"
@@ -685,11 +702,12 @@ def _format(error: dict[str, Any]) -> str:
     return f"{key}: {message}{shown}"
 
 
-def parse(raw: dict[str, Any], secret_keys: set[str] | None = None) -> StackConfig:
+def parse(raw: dict[str, Any], secret_keys: set[str] | None = None, *, local: bool = False) -> StackConfig:
     """Validate a stack's settings ({camelCase key: value}); raise ConfigError listing every problem.
 
     ``secret_keys``, when given, are the keys Pulumi holds encrypted: a secret setting given in
-    plain text is refused, so it cannot leak through the stack file or `pulumi config`.
+    plain text is refused, so it cannot leak through the stack file or `pulumi config`. ``local``: the
+    settings of a local stack (see the top of this module).
     """
     problems = []
     if secret_keys is not None:
@@ -708,7 +726,7 @@ def parse(raw: dict[str, Any], secret_keys: set[str] | None = None) -> StackConf
                 continue
         values[key] = value
     try:
-        config = StackConfig.model_validate(values)
+        config = StackConfig.model_validate(values, context={"local": local})
     except ValidationError as exc:
         problems.extend(_format(e) for e in exc.errors(include_url=False))
         config = None

@@ -8,8 +8,8 @@ import pulumi
 import pulumi_openstack as openstack
 
 from llmcloud.config import Node as NodeConfig
+from llmcloud.contract import DATA_MOUNT
 from llmcloud.inventory import template_environment
-from llmcloud.provision import DATA_MOUNT
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import os
 import re
 from dataclasses import dataclass
 
+from llmcloud import contract
 from llmcloud.config import BackupTarget, StackConfig, Topology
 
 
@@ -30,16 +31,11 @@ class Plan:
 
 
 def plan(cfg: StackConfig, prefix: str) -> Plan:
-    servers = {f"{prefix}-llm{i}": cfg.engine_node.flavor for i in range(1, cfg.replicas + 1)}
-    if cfg.topology == Topology.split:
-        servers[f"{prefix}-edge1"] = cfg.edge_node.flavor
-    engines = [name for name in servers if not name.endswith("-edge1")]
-    volumes = {f"{name}-data": cfg.engine_node.data_volume_size for name in engines}
-    boot = {
-        name: node.boot_volume_size
-        for name in servers
-        if (node := cfg.engine_node if name in engines else cfg.edge_node).boot_volume_size
-    }
+    hosts = contract.plan(cfg.topology, cfg.replicas)
+    kind = {f"{prefix}-{h.name}": cfg.engine_node if h.is_engine else cfg.edge_node for h in hosts}
+    servers = {name: node.flavor for name, node in kind.items()}
+    volumes = {f"{prefix}-{h.name}-data": cfg.engine_node.data_volume_size for h in hosts if h.is_engine}
+    boot = {name: node.boot_volume_size for name, node in kind.items() if node.boot_volume_size}
     return Plan(servers, volumes, boot)
 
 

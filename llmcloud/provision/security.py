@@ -10,7 +10,7 @@ import ipaddress
 import pulumi
 import pulumi_openstack as openstack
 
-from llmcloud.provision import DCGM_EXPORTER_PORT, ENGINE_PORT, NODE_EXPORTER_PORT
+from llmcloud.contract import DCGM_EXPORTER_PORT, ENGINE_PORT, NODE_EXPORTER_PORT
 
 
 def _ethertype(cidr: str) -> str:

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from llmcloud.config import parse
-from llmcloud.provision import ENGINE_PORT
+from llmcloud.contract import ENGINE_PORT
 from tests.unit.test_config import BASE, KEY
 
 GOLDEN = Path(__file__).parent / "golden"
