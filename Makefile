@@ -87,15 +87,15 @@ real-engine: venv ## the stack on a REAL engine: Ollama built from its Go module
 	$(BIN)/pytest -m integration --durations=10 tests/integration/test_real_engine.py
 
 cloud-prepare: venv ## build the local cloud's venv and the Pulumi engine (Go), once; cached
-	$(BIN)/llmcloud cloud prepare
+	$(BIN)/llmcloud-testbed prepare
 
 # The tests' cloud: started in the background by `make test`, else by the tests themselves; stopped here.
 TEST_CLOUD := $(CURDIR)/.cache/test-cloud
 
 provision: venv ## `pulumi up` for real: the program on a local OpenStack cloud with the Pulumi engine built from Go
-	$(BIN)/llmcloud cloud prepare
+	$(BIN)/llmcloud-testbed prepare
 	LLMCLOUD_TEST_CLOUD_DIR=$(TEST_CLOUD) $(BIN)/pytest -m openstack --durations=15 tests/provision; \
-	  status=$$?; $(BIN)/llmcloud cloud down --workdir $(TEST_CLOUD) >/dev/null 2>&1; exit $$status
+	  status=$$?; $(BIN)/llmcloud-testbed down --workdir $(TEST_CLOUD) >/dev/null 2>&1; exit $$status
 
 test: venv ## lint, unit, molecule, integration, provision and the real engine: the command CI runs
 	@mkdir -p .cache
@@ -103,7 +103,7 @@ test: venv ## lint, unit, molecule, integration, provision and the real engine: 
 	$(BIN)/python -m tests.packages
 	@# The Go builds of the Pulumi engine take minutes of CPU on a fresh machine: start them now, in the
 	@# background, at the lowest priority, so they use what the other suites leave idle.
-	@nice -n 19 $(BIN)/llmcloud cloud prepare --no-packages --start-cloud $(TEST_CLOUD) \
+	@nice -n 19 $(BIN)/llmcloud-testbed prepare --no-packages --start-cloud $(TEST_CLOUD) \
 	  > .cache/cloud-prepare.log 2>&1 & echo "cloud-prepare started in the background (.cache/cloud-prepare.log)"
 	@nice -n 19 $(BIN)/llmcloud local ollama > .cache/ollama-build.log 2>&1 & \
 	  echo "the Ollama image build started in the background (.cache/ollama-build.log)"

@@ -24,13 +24,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import openstack
 
-from llmcloud.cloud import hypervisor
-from llmcloud.cloud.automation import CloudStack
-from llmcloud.cloud.controlplane import Cloud
-from llmcloud.cloud.pulumi_engine import ensure_engine
+from testbed import hypervisor
+from testbed.automation import CloudStack
+from testbed.controlplane import Cloud
+from testbed.pulumi_engine import ensure_engine
 from llmcloud.keys import ensure_ed25519
 from llmcloud.progress import Progress
-from tests.provision.booted import (
+from testbed.booted import (
     PUBLIC_GATEWAY,
     identity_provider,
     images,

@@ -57,7 +57,7 @@ class Host:
     """The edge host's container: the load generator runs there."""
 
     def __init__(self, stack: LocalStack):
-        self.container = system.docker_client().containers.get(stack.container_name("node1"))
+        self.container = system.docker_client().containers.get(stack.container_name("llm1"))
 
     def sh(self, *argv: str) -> str:
         code, out = self.container.exec_run(list(argv))

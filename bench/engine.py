@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from llmcloud.local import system  # noqa: E402
+from llmcloud.local import hosts, system  # noqa: E402
 from llmcloud.local.stack import LocalStack  # noqa: E402
 from llmcloud.progress import Progress  # noqa: E402
 
@@ -69,14 +69,14 @@ def main() -> None:
         for role in ROLES:
             rows.append((f"role {role}: cold converge", cold[role]))
             rows.append((f"role {role}: no-op converge", noop[role]))
-        container = system.docker_client().containers.get(stack.container_name("node1"))
+        container = system.docker_client().containers.get(stack.container_name("llm1"))
         began = time.monotonic()
         container.exec_run(["sh", "-c", 'kill -9 "$(docker inspect -f "{{.State.Pid}}" llm-engine)"'])
         container.exec_run(["python3", "-c", PROBE])
         rows.append(("engine serving again after kill -9", time.monotonic() - began))
         began = time.monotonic()
         container.restart(timeout=30)
-        stack._wait_ready(container, "node1")
+        hosts.wait_ready(container, "llm1")
         container.exec_run(["python3", "-c", PROBE])
         rows.append(("host restart until engine serving", time.monotonic() - began))
     finally:

@@ -4,7 +4,7 @@
     .venv/bin/python bench/provision.py [--cold]
 
 --cold also times building the services' venv (into a scratch cache; the cached one is left alone). The
-cloud runs on its own ports (27500 on) and work dir, so a running `llmcloud cloud up` is left alone. The
+cloud runs on its own ports (27500 on) and work dir, so a running `llmcloud-testbed up` is left alone. The
 Pulumi engine is built first if needed (`make cloud-prepare`). Single runs on this machine: orders of
 magnitude, not a gate.
 """
@@ -21,9 +21,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-from llmcloud.cloud.automation import CloudStack
-from llmcloud.cloud.controlplane import Cloud
-from llmcloud.cloud.pulumi_engine import ensure_engine
+from testbed.automation import CloudStack
+from testbed.controlplane import Cloud
+from testbed.pulumi_engine import ensure_engine
 from llmcloud.keys import ensure_ed25519
 from llmcloud.progress import Progress
 
@@ -78,14 +78,14 @@ def main() -> None:
             cold = Cloud(Path(scratch) / "cold")
             timed(
                 rows,
-                "llmcloud cloud up, cold (venv built: pip install of the services)",
+                "llmcloud-testbed up, cold (venv built: pip install of the services)",
                 lambda: cold.up(PORT_BASE, quiet),
             )
             cold.down(quiet=True)
             del os.environ["XDG_CACHE_HOME"]
         cloud = Cloud(Path(scratch) / "warm")
         steps = Progress("warm up", out=quiet.out)
-        timed(rows, "llmcloud cloud up, warm (venv cached)", lambda: cloud.up(PORT_BASE, steps))
+        timed(rows, "llmcloud-testbed up, warm (venv cached)", lambda: cloud.up(PORT_BASE, steps))
         rows.extend((f"  of which: {name}", took) for name, took in steps.steps)
         os.environ["OS_CLIENT_CONFIG_FILE"] = str(cloud.clouds_yaml)
         memory = pss_mib({s.pid for s in cloud.services()})

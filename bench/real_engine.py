@@ -99,7 +99,7 @@ def main() -> int:
         rows.append(
             ("no-op converge", f"{time.monotonic() - began:.1f} s (changed: {sum(again.changed().values())})")
         )
-        host = client.containers.get(stack.container_name("node1"))
+        host = client.containers.get(stack.container_name("llm1"))
         key = stack.status()["api_key"]
         paths = {
             "direct": ("http://127.0.0.1:8080/v1/chat/completions", "-"),

@@ -7,8 +7,8 @@ llmcloud local open-webui                    build the chat UI's local image (Op
 llmcloud local down | status [--json | --api-key]
 llmcloud converge [-i inventory/<stack>]
 llmcloud verify   [-i inventory/<stack>]
-llmcloud cloud up [--port-base N] | down | status [--json]     a local OpenStack cloud for tests
-llmcloud cloud pulumi STACK preview|up|destroy [--config k=v]   the program on it, with the real engine
+
+The local OpenStack cloud the tests provision on is the test bed's: `llmcloud-testbed` (testbed/README.md).
 """
 
 from __future__ import annotations
@@ -115,7 +115,6 @@ def parser() -> argparse.ArgumentParser:
     shown.add_argument("--json", action="store_true", help="machine-readable output")
     shown.add_argument("--api-key", action="store_true", help="print only the demo API key (for scripts)")
 
-    _cloud_parser(sub)
     for name, text in (("converge", "apply site.yml to an inventory"), ("verify", "run tests/infra")):
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument(
@@ -141,193 +140,14 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-def _cloud_parser(sub) -> None:
-    from llmcloud.cloud.configs import Ports
-    from llmcloud.cloud.controlplane import DEFAULT_WORKDIR
-
-    cloud = sub.add_parser("cloud", help="a local OpenStack cloud (real services, fake hypervisor) for tests")
-    csub = cloud.add_subparsers(dest="action", required=True)
-    workdir = {
-        "type": Path,
-        "default": DEFAULT_WORKDIR,
-        "help": f"state, logs, pids (default {DEFAULT_WORKDIR})",
-    }
-    up = csub.add_parser("up", help="start the cloud from a clean state and seed a de.NBI-like project")
-    up.add_argument("--workdir", **workdir)
-    up.add_argument(
-        "--port-base",
-        type=int,
-        default=Ports.base,
-        help=f"first of the 127.0.0.1 ports the cloud uses (default {Ports.base}; it uses 25 from there)",
-    )
-    up.add_argument(
-        "--no-boot",
-        action="store_true",
-        help="no hypervisor: servers become ACTIVE without booting (no Docker needed)",
-    )
-    prepare = csub.add_parser(
-        "prepare", help="build what the cloud and its tests need, once: the services' venv, the Pulumi engine"
-    )
-    prepare.add_argument(
-        "--no-packages",
-        action="store_true",
-        help="skip the Debian packages (e.g. while another apt-get runs)",
-    )
-    prepare.add_argument(
-        "--start-cloud",
-        type=Path,
-        metavar="WORKDIR",
-        help="also start a cloud there once its venv is ready (before the Go builds), for the tests to reuse",
-    )
-    prepare.add_argument("--port-base", type=int, default=27300, help="ports of that cloud (default 27300)")
-    down = csub.add_parser("down", help="stop every process of the cloud and remove its state")
-    down.add_argument("--workdir", **workdir)
-    status = csub.add_parser("status", help="the cloud's processes, ports and logs")
-    status.add_argument("--workdir", **workdir)
-    status.add_argument("--json", action="store_true", help="machine-readable output")
-    pulumi = csub.add_parser("pulumi", help="run a stack of stacks/ on the cloud with the Pulumi engine")
-    pulumi.add_argument("--workdir", **workdir)
-    pulumi.add_argument("stack", help="a stack of stacks/ (Pulumi.<stack>.yaml)")
-    pulumi.add_argument("operation", choices=("preview", "up", "destroy", "outputs"))
-    pulumi.add_argument(
-        "--config", action="append", default=[], metavar="KEY=VALUE", help="override a setting (repeatable)"
-    )
-    pulumi.add_argument(
-        "--secret", action="append", default=[], metavar="KEY=VALUE", help="set a secret setting (repeatable)"
-    )
-    pulumi.add_argument("--exclude-protected", action="store_true", help="destroy: keep protected resources")
-
-
-def _cloud(args) -> int:
-    from llmcloud.cloud.controlplane import Cloud
-
-    if args.action == "prepare":
-        from llmcloud.cloud.controlplane import DEBIAN_PACKAGES
-        from llmcloud.cloud.pulumi_engine import ensure_engine
-        from llmcloud.cloud.venv import services_venv
-        from llmcloud.local.system import ensure_packages
-
-        progress = Progress("llmcloud cloud prepare")
-        if not args.no_packages:
-            with progress.step("Debian packages (MariaDB, RabbitMQ, memcached, qemu-utils)"):
-                ensure_packages(DEBIAN_PACKAGES)
-        with progress.step("OpenStack services' venv"):
-            services_venv(progress)
-        if args.start_cloud:
-            try:
-                with progress.step(f"start a cloud in {args.start_cloud} for the tests"):
-                    # Without its hypervisor: that needs the hosts' base image, which the other suites
-                    # build meanwhile; the tests start it when they need it (Cloud.start_hypervisor).
-                    Cloud(args.start_cloud).up(
-                        args.port_base, progress, install_packages=not args.no_packages, boot=False
-                    )
-            except UserError as err:  # the tests start one themselves then
-                progress.log(f"not started: {err}")
-        with progress.step("Pulumi CLI and the test-bed OpenStack provider (Go builds, cached)"):
-            ensure_engine(progress)
-        progress.summary()
-        return 0
-    cloud = Cloud(args.workdir)
-    if args.action == "up":
-        progress = Progress("llmcloud cloud up")
-        cloud.up(args.port_base, progress, boot=not args.no_boot)
-        progress.summary()
-        _print_cloud(cloud)
-        return 0
-    if args.action == "down":
-        cloud.down()
-        return 0
-    if args.action == "status":
-        services = [dataclasses.asdict(s) for s in cloud.services()]
-        if args.json:
-            vms = hypervisor_status(cloud.work)
-            print(
-                json.dumps(
-                    {
-                        "workdir": str(cloud.work),
-                        "up": cloud.is_up(),
-                        "services": services,
-                        "hypervisor": vms,
-                    },
-                    indent=2,
-                )
-            )
-        else:
-            _print_cloud(cloud)
-        return 0 if cloud.is_up() else 3
-    return _cloud_pulumi(cloud, args)
-
-
-def hypervisor_status(workdir: Path) -> dict | None:
-    from llmcloud.cloud import hypervisor
-
-    return hypervisor.status(workdir)
-
-
-def _print_cloud(cloud) -> None:
-    services = cloud.services()
-    if not services:
-        print(f"no local cloud in {cloud.work} (start one: llmcloud cloud up)")
-        return
-    print(f"local cloud in {cloud.work}: {'up' if cloud.is_up() else 'DEGRADED'}")
-    for s in services:
-        port = f"127.0.0.1:{s.port}" if s.port else ""
-        print(f"  {s.name:<18} pid {s.pid:<8} {'running' if s.alive else 'DEAD':<8} {port:<16} {s.log}")
-    vms = hypervisor_status(cloud.work)
-    if vms is not None:
-        age = time.time() - vms["updated"]
-        print(f"\n  servers booted as target hosts (hypervisor, checked {age:.0f}s ago):")
-        if vms.get("error"):
-            print(f"    last check FAILED: {vms['error']}")
-        for vm in vms["vms"]:
-            where = ", ".join(vm["addresses"] + [f"floating {a}" for a in vm["floating"]])
-            print(f"    {vm['name']:<24} {vm['state']:<8} {vm['container'] or '-':<26} {where}")
-            if vm.get("error"):
-                print(f"      error: {vm['error']}")
-        if not vms["vms"]:
-            print("    none (no ACTIVE server)")
-    print(f"\n  clouds.yaml: {cloud.clouds_yaml}  (export OS_CLIENT_CONFIG_FILE=<it>)")
-    print("  clouds:      llmcloud-local (the project's application credential), llmcloud-local-admin")
-
-
-def _cloud_pulumi(cloud, args) -> int:
-    from llmcloud.cloud.automation import CloudStack
-    from llmcloud.cloud.pulumi_engine import ensure_engine
-
-    def pairs(items: list[str], flag: str) -> dict[str, str]:
-        out = {}
-        for item in items:
-            key, sep, value = item.partition("=")
-            if not sep or not key:
-                raise UserError(f"{flag} {item!r} is not KEY=VALUE", f"e.g. {flag} llmcloud:configure=false")
-            out[key] = value
-        return out
-
-    cloud.settings()  # fails clearly when no cloud is up
-    progress = Progress(f"pulumi {args.operation} ({args.stack})")
-    engine = ensure_engine(progress)
-    stack = CloudStack(
-        args.stack,
-        cloud=cloud,
-        engine=engine,
-        overrides=pairs(args.config, "--config"),
-        secrets_=pairs(args.secret, "--secret"),
-    )
-    from pulumi.automation import CommandError
-
-    try:
-        if args.operation == "preview":
-            stack.preview(on_output=print)
-        elif args.operation == "up":
-            stack.up(on_output=print)
-        elif args.operation == "destroy":
-            stack.destroy(exclude_protected=args.exclude_protected, on_output=print)
-    except CommandError:
-        # The engine's output, diagnostics included, was printed as it came.
-        print(f"llmcloud: error: pulumi {args.operation} of {args.stack} failed (see above)", file=sys.stderr)
-        return 1
-    print(json.dumps(stack.outputs(), indent=2))
-    return 0
+def pairs(items: list[str], flag: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"{flag} {item!r} is not KEY=VALUE", f"e.g. {flag} llmcloud:configure=false")
+        out[key] = value
+    return out
 
 
 def _local_stack(args):
@@ -421,8 +241,6 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args) -> int:
     from llmcloud import converge, verify
 
-    if args.command == "cloud":
-        return _cloud(args)
     if args.command == "converge":
         progress = Progress("converge")
         converge.converge_or_fail(args.inventory, progress)
@@ -443,7 +261,7 @@ def _dispatch(args) -> int:
         return image.main()
     if args.action == "images":
         from llmcloud.local import image, system
-        from llmcloud.local.stack import build_images
+        from llmcloud.local.artifacts import build_images
 
         progress = Progress("images")
         built = build_images(progress)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from llmcloud.cloud.controlplane import DEBIAN_PACKAGES as CLOUD
+from testbed.controlplane import DEBIAN_PACKAGES as CLOUD
 from llmcloud.errors import exit_code
 from llmcloud.local import system
 from llmcloud.local.engine_ollama import BUILD_PACKAGES as OLLAMA_BUILD

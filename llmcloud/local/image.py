@@ -145,7 +145,7 @@ def remove_all(client) -> list[str]:
     return removed
 
 
-# ---- the cloud VM image: what the local OpenStack cloud boots for a server (llmcloud/cloud/hypervisor.py)
+# ---- the cloud VM image: what the local OpenStack cloud boots for a server (testbed/hypervisor.py)
 VM_REPOSITORY = "llmcloud/debian12-cloud"
 #: Like a distribution's cloud image: cloud-init (NoCloud seed), a generated locale, no `deploy` user (the
 #: stack's user data makes it) and no SSH host keys (cloud-init makes them on first boot).

@@ -1,92 +1,49 @@
-"""Bring local target hosts up and down, and describe them as an inventory."""
+"""Bring a local stack up and down, and describe it as an inventory.
+
+The hosts (hosts.py), the identity provider (idp.py) and the images (artifacts.py) each have their module; the
+stack's settings are a stack config through the contract's mapping (settings.py). This module holds the flags,
+the names of what a stack owns in Docker, and the order of `up`, `down` and `status`.
+"""
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import re
 import secrets
 import shutil
-import socket
-import time
-from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import yaml
 
-from llmcloud import REPO_ROOT, inventory
+from llmcloud import REPO_ROOT, contract, inventory
 from llmcloud.errors import UserError
 from llmcloud.keys import ensure_ed25519
-from llmcloud.local import engine_double, engine_ollama, image, peers, system
+from llmcloud.local import engine_ollama, hosts, idp, settings, system
+from llmcloud.local.artifacts import Images, build_images
+from llmcloud.local.hosts import CAPABILITIES
+from llmcloud.local.idp import PEER_LABEL
+from llmcloud.local.settings import CLIENT_ID, DEMO_USERS, DOUBLE_MODEL
 from llmcloud.progress import Progress
+
+__all__ = [
+    "CAPABILITIES",
+    "CLIENT_ID",
+    "DEMO_USERS",
+    "DOUBLE_MODEL",
+    "PEER_LABEL",
+    "Images",
+    "LocalStack",
+    "load",
+]
 
 LABEL = "llmcloud.stack"
 TOPOLOGIES = ("single", "split")
-# Every capability Docker 20.10 knows except SYS_RESOURCE, which this machine's bounding set lacks
-# (that is why --privileged fails here). systemd, nftables and Docker inside the host need the rest.
-CAPABILITIES = [
-    "AUDIT_CONTROL",
-    "AUDIT_READ",
-    "AUDIT_WRITE",
-    "BLOCK_SUSPEND",
-    "CHOWN",
-    "DAC_OVERRIDE",
-    "DAC_READ_SEARCH",
-    "FOWNER",
-    "FSETID",
-    "IPC_LOCK",
-    "IPC_OWNER",
-    "KILL",
-    "LEASE",
-    "LINUX_IMMUTABLE",
-    "MAC_ADMIN",
-    "MAC_OVERRIDE",
-    "MKNOD",
-    "NET_ADMIN",
-    "NET_BIND_SERVICE",
-    "NET_BROADCAST",
-    "NET_RAW",
-    "SETFCAP",
-    "SETGID",
-    "SETPCAP",
-    "SETUID",
-    "SYSLOG",
-    "SYS_ADMIN",
-    "SYS_BOOT",
-    "SYS_CHROOT",
-    "SYS_MODULE",
-    "SYS_NICE",
-    "SYS_PACCT",
-    "SYS_PTRACE",
-    "SYS_RAWIO",
-    "SYS_TIME",
-    "SYS_TTY_CONFIG",
-    "WAKE_ALARM",
-]
 STATE_FILE = "local-stack.json"
-#: The demo users of the local identity provider; only example.org addresses may sign in.
-DEMO_USERS = [
-    {"sub": "alice", "email": "alice@example.org", "email_verified": True, "groups": ["llm-users"]},
-    # A second person the login lets in: one person's budget or quota must leave another's alone.
-    {"sub": "bob", "email": "bob@example.org", "email_verified": True, "groups": ["llm-users"]},
-    {"sub": "mallory", "email": "mallory@elsewhere.test", "email_verified": True, "groups": []},
-]
-CLIENT_ID = "llmcloud-local"
-#: The model name of the main engine TEST DOUBLE, and what names of more models (--extra-model) may look like.
-DOUBLE_MODEL = "llmcloud/engine-test-double"
-MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}(/[a-z0-9][a-z0-9._-]{0,63})?$")
-#: Engine ports of more models: 8081, 8082, ... (the main engine has 8080).
-EXTRA_MODEL_PORT = 8081
-DOUBLE_HEALTHCHECK = ["CMD", "/engine-double", "-healthcheck", "--port", "80"]
+#: What names of more models (--extra-model) may look like: a Hugging Face-style organisation/name.
+MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}/[a-z0-9][a-z0-9._-]{0,63}$")
 #: What serves the main model: the engine TEST DOUBLE (fast, the default) or a real Ollama with a tiny model.
 ENGINES = ("double", "ollama")
-PEER_LABEL = "llmcloud.peer"  # a container of the stack that is not a target host
-BACKUP_MOUNT = "/srv/backup"
-#: The image cache (the tarballs below), mounted read-only in every host: role docker loads them in place
-#: (host_path) instead of copying 1.5 GB over SSH (44 s of a fresh converge).
-IMAGE_CACHE = image.IMAGE_CACHE
-IMAGES_MOUNT = "/srv/llmcloud-images"
 
 
 @dataclass
@@ -176,9 +133,7 @@ class LocalStack:
 
     def hosts(self) -> list[tuple[str, tuple[str, ...]]]:
         """The planned hosts as (name, groups)."""
-        if self.topology == "single":
-            return [("node1", ("llm", "edge"))]
-        return [("edge1", ("edge",))] + [(f"llm{i}", ("llm",)) for i in range(1, self.engines + 1)]
+        return [(h.name, h.groups) for h in contract.plan(self.topology, self.engines)]
 
     def ports(self, index: int, groups: tuple[str, ...]) -> dict[str, tuple[str, int]]:
         """Published ports, always on 127.0.0.1: SSH per host, HTTP(S) on the edge."""
@@ -201,7 +156,6 @@ class LocalStack:
             client = system.docker_client()
         self._refuse_other_topology(client)
         self._built = build_images(progress, ollama=self.engine == "ollama", chat_ui=self.chat_ui)
-        ref = self._built.base
         ssh_dir = self.inventory_dir / "ssh"
         with progress.step("SSH keys"):
             deploy_pub = ensure_ed25519(ssh_dir / "deploy_ed25519", f"deploy@llmcloud-{self.name}")
@@ -211,29 +165,22 @@ class LocalStack:
             }
         self._refuse_orphaned_backups(client)
         with progress.step(f"private network {self.network_name}"):
-            network = self._network(client)
+            network = hosts.network(self, client)
         containers = {}
         for index, (name, groups) in enumerate(self.hosts()):
             with progress.step(f"host {name} ({', '.join(groups)})"):
-                containers[name] = self._host(
-                    client,
-                    ref,
-                    network,
-                    index,
-                    name,
-                    groups,
-                    deploy_pub,
-                    ssh_dir / "hostkeys" / f"{name}_ed25519",
+                key = ssh_dir / "hostkeys" / f"{name}_ed25519"
+                containers[name] = hosts.start(
+                    self, client, self._built.base, network, index, name, groups, deploy_pub, key
                 )
-        with progress.step(f"identity provider on {self.idp_url(network)} (demo user alice)"):
-            self._idp(client, self._built.idp, network)
+        with progress.step(f"identity provider on {idp.url(self, network)} (demo user alice)"):
+            idp.start(self, client, self._built.idp, network)
         with progress.step("wait for systemd and sshd on every host"):
             for name, container in containers.items():
-                self._wait_ready(container, name)
-        inv = self._inventory(client, network, containers, host_keys)
+                hosts.wait_ready(container, name)
         with progress.step(f"inventory {self._display(self.inventory_dir)}"):
-            # A stand-in token: the checks prove it never shows in `docker inspect` or to other users.
-            inventory.write(inv, self.inventory_dir, self._secrets())
+            inv, secret_values = self._inventory(network, containers, host_keys, deploy_pub)
+            inventory.write(inv, self.inventory_dir, secret_values)
             (self.inventory_dir / STATE_FILE).write_text(json.dumps(self._state(), indent=2) + "\n")
         return inv
 
@@ -274,53 +221,6 @@ class LocalStack:
             "oauth2_proxy_api_keys": keys,
         }
 
-    # ---- the identity provider ----------------------------------------------------------------
-    @property
-    def idp_container(self) -> str:
-        return f"llmcloud-{self.name}-idp"
-
-    def idp_url(self, network) -> str:
-        """On the stack network's gateway: one URL for a browser here and for oauth2-proxy on the edge."""
-        network.reload()
-        return f"http://{network.attrs['IPAM']['Config'][0]['Gateway']}:{self.idp_port}"
-
-    def _idp(self, client, idp_image: str, network) -> None:
-        from docker.errors import NotFound
-
-        try:
-            container = client.containers.get(self.idp_container)
-            if container.status != "running":
-                container.start()
-            return
-        except NotFound:
-            pass
-        _require_free_port(self.idp_port, "identity provider")
-        gateway = network.attrs["IPAM"]["Config"][0]["Gateway"]
-        command = ["--host", gateway, "--port", str(self.idp_port)]
-        command += ["--token-max-age", str(self.idp_token_max_age)]
-        for user in DEMO_USERS:
-            command += ["--user-claims", json.dumps(user)]
-        client.containers.run(
-            idp_image,
-            command,
-            name=self.idp_container,
-            detach=True,
-            network_mode="host",
-            labels={**self.labels(), PEER_LABEL: "idp"},
-            restart_policy={"Name": "unless-stopped"},
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection((gateway, self.idp_port), timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.3)
-        raise UserError(
-            f"the identity provider did not start on {gateway}:{self.idp_port}",
-            f"see `docker logs {self.idp_container}`",
-        )
-
     def _state(self) -> dict:
         state = asdict(self)
         state["inventory_root"] = str(self.inventory_root)
@@ -354,185 +254,45 @@ class LocalStack:
                 f"run `llmcloud local down --stack {self.name}` first, or keep --engines as before",
             )
 
-    def _network(self, client):
-        existing = client.networks.list(names=[self.network_name])
-        if existing:
-            return existing[0]
-        return client.networks.create(self.network_name, driver="bridge", labels=self.labels())
-
-    def _host(self, client, ref, network, index, name, groups, deploy_pub, host_key_path):
-        from docker.errors import NotFound
-
-        try:
-            container = client.containers.get(self.container_name(name))
-        except NotFound:
-            container = None
-        if container is not None:
-            if container.status != "running":
-                container.start()
-            return container
-        ports = self.ports(index, groups)
-        for container_port, (_, host_port) in ports.items():
-            _require_free_port(host_port, f"{name} {container_port}")
-        volume = client.volumes.create(f"llmcloud-{self.name}-{name}-docker", labels=self.labels(name))
-        if not client.volumes.list(filters={"name": self.backup_volume}):
-            client.volumes.create(self.backup_volume, labels=self.labels())
-        container = client.containers.create(
-            ref,
-            name=self.container_name(name),
-            hostname=name,
-            detach=True,
-            stop_signal="SIGRTMIN+3",  # systemd's clean shutdown
-            labels=self.labels(name),
-            cap_add=CAPABILITIES,
-            security_opt=["seccomp=unconfined", "apparmor=unconfined"],
-            device_cgroup_rules=["a *:* rwm"],
-            cgroupns="host",
-            tmpfs={"/run": "", "/run/lock": ""},
-            volumes={
-                "/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"},
-                # Docker inside the host needs a real file system for overlay2.
-                volume.name: {"bind": "/var/lib/docker", "mode": "rw"},
-                # Plays the part of a Manila share: shared by the hosts, it outlives any one of them.
-                self.backup_volume: {"bind": BACKUP_MOUNT, "mode": "rw"},
-                str(IMAGE_CACHE): {"bind": IMAGES_MOUNT, "mode": "ro"},
-            },
-            ports=ports,
-            network=network.name,
-        )
-        container.put_archive("/", _first_boot_files(deploy_pub, host_key_path))
-        container.start()
-        return container
-
-    def _wait_ready(self, container, name: str, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        state = ""
-        while time.monotonic() < deadline:
-            state = container.exec_run(["systemctl", "is-system-running"]).output.decode().strip()
-            if state in ("running", "degraded"):
-                break
-            time.sleep(0.5)
-        else:
-            raise UserError(
-                f"host {name}: systemd did not finish booting within {timeout:.0f}s ({state or 'no answer'})",
-                f"inspect it with `docker exec {container.name} systemctl --failed`",
-            )
-        container.reload()
-        port = int(container.ports["22/tcp"][0]["HostPort"])
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=3) as sock:
-                    if sock.recv(64).startswith(b"SSH-2.0"):
-                        return
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise UserError(
-                    f"host {name}: sshd does not answer on 127.0.0.1:{port}",
-                    f"inspect it with `docker exec {container.name} journalctl -u ssh`",
-                )
-            time.sleep(0.5)
-
-    def _inventory(self, client, network, containers, host_keys) -> inventory.Inventory:
+    def _inventory(self, network, containers, host_keys, deploy_pub) -> tuple[inventory.Inventory, dict]:
+        """The inventory (and its secrets) of the running hosts: the stack config through the contract's
+        mapping, plus the local overlay (settings.py)."""
         network.reload()
-        gateway = network.attrs["IPAM"]["Config"][0]["Gateway"]
-        subnet = network.attrs["IPAM"]["Config"][0]["Subnet"]
-        hosts, known = [], []
+        ipam = network.attrs["IPAM"]["Config"][0]
+        local_net = settings.LocalNetwork(ipam["Gateway"], ipam["Subnet"], idp.url(self, network))
+        reached, known = [], []
         for name, groups in self.hosts():
             container = containers[name]
             container.reload()
-            ip = self._address_of(container)
             port = int(container.ports["22/tcp"][0]["HostPort"])
-            hosts.append(inventory.InventoryHost(name, groups, "127.0.0.1", ip, port))
+            reached.append(
+                inventory.InventoryHost(
+                    name, groups, "127.0.0.1", hosts.address_of(container, self.network_name), port
+                )
+            )
             key_type, key_b64 = host_keys[name].split()[:2]
             known.append(f"[127.0.0.1]:{port} {key_type} {key_b64}")
         ssh_dir = self.inventory_dir / "ssh"
         (ssh_dir / "known_hosts").write_text("\n".join(known) + "\n")
-        return inventory.Inventory(
+        return self.inventory_of(reached, local_net, deploy_pub)
+
+    def inventory_of(
+        self, reached: list[inventory.InventoryHost], network: settings.LocalNetwork, deploy_pub: str
+    ) -> tuple[inventory.Inventory, dict]:
+        """The inventory of hosts reached at these addresses, and its secrets (no Docker needed)."""
+        secret_values = self._secrets()
+        cfg = settings.stack_config(self, self._built, network, deploy_pub, secret_values)
+        ssh_dir = self.inventory_dir / "ssh"
+        inv = inventory.Inventory(
             stack=self.name,
-            hosts=hosts,
+            hosts=reached,
+            ssh_user=contract.DEPLOY_USER,
             ssh_private_key_file=str(ssh_dir / "deploy_ed25519"),
             known_hosts_file=str(ssh_dir / "known_hosts"),
             strict_host_key_checking="yes",
-            vars={
-                "llmcloud_topology": self.topology,
-                "llmcloud_private_cidr": str(ipaddress.ip_network(subnet, strict=False)),
-                # SSH reaches the hosts through Docker's port forwarding, from the bridge gateway.
-                "admin_cidrs": [f"{gateway}/32"],
-                # A container must not steer the clock of the machine it runs on.
-                "common_timesync_set_clock": False,
-                "nvidia_required": False,
-                # The engine TEST DOUBLE: selected only by local and test inventories, delivered like an
-                # air-gapped image. It speaks TGI's flags and routes; it is not a model.
-                "container_images_preload": [
-                    _preload(*image)
-                    for image in (
-                        self._built.double,
-                        self._built.oauth2_proxy,
-                        *([self._built.ollama] if self.engine == "ollama" else []),
-                        *([self._built.open_webui] if self.chat_ui else []),
-                    )
-                ],
-                # The chat UI at / (Open WebUI, built here from its PyPI package at the pinned version).
-                "open_webui_enabled": self.chat_ui,
-                **({"open_webui_image": self._built.open_webui[0]} if self.chat_ui else {}),
-                **self._engine_vars(),
-                # More models: one more TEST DOUBLE per name on every engine host, routed by the edge.
-                "llmcloud_extra_models": [
-                    {
-                        "model_id": model,
-                        "port": EXTRA_MODEL_PORT + i,
-                        "hosts": [n for n, groups in self.hosts() if "llm" in groups],
-                        "image": self._built.double[0],
-                        "healthcheck_test": DOUBLE_HEALTHCHECK,
-                        "health_timeout": 300,
-                    }
-                    for i, model in enumerate(self.extra_models)
-                ],
-                # The edge: https://localhost:<https_port>/ with a certificate from an internal CA that names
-                # localhost, exported for clients; login through the local identity provider.
-                "llmcloud_domain": "localhost",
-                "nginx_public_https_port": self.https_port,
-                "certbot_mode": "selfsigned",
-                "certbot_selfsigned_ip_addresses": ["127.0.0.1"],
-                "certbot_export_ca": str(self.inventory_dir / "tls" / "ca.pem"),
-                "oauth2_proxy_image": self._built.oauth2_proxy[0],
-                "oauth2_proxy_provider": "oidc",
-                "oauth2_proxy_issuer_url": self.idp_url(network),
-                "oauth2_proxy_client_id": CLIENT_ID,
-                "oauth2_proxy_allowed_email_domains": ["example.org"],
-                # Prometheus's UI at /prometheus/ for alice only (mallory is refused at the login anyway).
-                "nginx_admin_emails": [DEMO_USERS[0]["email"]],
-                # Prometheus scrapes and evaluates every 5 s: figures and alerts show within seconds.
-                "monitoring_scrape_interval": "5s",
-                "monitoring_evaluation_interval": "5s",
-                # Backups to the shared backup volume, one repository per host.
-                "restic_enabled": True,
-                "restic_repository": BACKUP_MOUNT + "/{{ inventory_hostname }}",
-            },
+            vars=settings.group_vars(self, self._built, network, deploy_pub, secret_values),
         )
-
-    def _engine_vars(self) -> dict:
-        """The main engine's inventory variables: the TEST DOUBLE, or Ollama with the tiny model's file."""
-        if self.engine == "ollama":
-            # A real engine, and the role's import of a model without a hub: copied from this machine once.
-            return {
-                "llm_engine_kind": "ollama",
-                "llm_engine_image": self._built.ollama[0],
-                "llm_engine_model_id": engine_ollama.MODEL_NAME,
-                "llm_engine_model_source": "controller",
-                "llm_engine_model_path": str(self._built.tiny_model[0]),
-                "llm_engine_model_sha256": self._built.tiny_model[1],
-                "llm_engine_health_timeout": 300,
-            }
-        return {
-            "llm_engine_kind": "tgi",
-            "llm_engine_image": self._built.double[0],
-            "llm_engine_model_id": DOUBLE_MODEL,
-            "llm_engine_healthcheck_test": DOUBLE_HEALTHCHECK,
-            "llm_engine_health_timeout": 300,
-        }
+        return inv, settings.secret_vars(cfg, secret_values["oauth2_proxy_api_keys"])
 
     @property
     def main_model(self) -> str:
@@ -582,7 +342,7 @@ class LocalStack:
                 if self.engine == "ollama"
                 else "the engine TEST DOUBLE (not a model)"
             )
-            + " on port 8080, private: forward it over SSH",
+            + f" on port {contract.ENGINE_PORT}, private: forward it over SSH",
         }
         endpoint = None
         if state_path.is_file():
@@ -610,7 +370,7 @@ class LocalStack:
         from docker.errors import NotFound
 
         try:
-            return self.idp_url(client.networks.get(self.network_name))
+            return idp.url(self, client.networks.get(self.network_name))
         except NotFound:
             return None
 
@@ -618,87 +378,9 @@ class LocalStack:
         from docker.errors import NotFound
 
         try:
-            return self._address_of(client.containers.get(self.container_name(host)))
+            return hosts.address_of(client.containers.get(self.container_name(host)), self.network_name)
         except NotFound:
             return None
-
-    def _address_of(self, container) -> str | None:
-        """The host's address on the stack's private network."""
-        networks = container.attrs["NetworkSettings"]["Networks"]
-        return networks.get(self.network_name, {}).get("IPAddress")
-
-
-@dataclass(frozen=True)
-class Images:
-    """What `build_images` built or found: references, and (reference, tarball) for the preloaded ones."""
-
-    base: str
-    idp: str
-    double: tuple[str, Path]
-    oauth2_proxy: tuple[str, Path]
-    ollama: tuple[str, Path] | None = None
-    tiny_model: tuple[Path, str] | None = None
-    open_webui: tuple[str, Path] | None = None
-
-
-def build_images(progress: Progress, *, ollama: bool = False, chat_ui: bool = True) -> Images:
-    """Build or find every image a local stack needs, side by side.
-
-    Most of a first build is waiting on downloads and disks, so the independent ones run at once: the base
-    image (debootstrap), the Go builds, and the PyPI downloads of the identity provider and the chat UI,
-    whose images then wait for the base image they are built on. A failed step is named; nothing it left
-    half done is cached (images are tagged and tarballs renamed only when whole)."""
-    base_ref = image.image_ref()
-    base: Future[str] = Future()
-
-    def base_image(p: Progress) -> str:
-        try:
-            base.set_result(image.ensure(p))
-        except BaseException as exc:
-            base.set_exception(exc)
-            raise
-        return base.result()
-
-    def on_base() -> str:
-        try:
-            return base.result()
-        except BaseException:
-            raise UserError("the base image failed (see its step)", "fix that step first") from None
-
-    def client():  # one Docker client per step: they run in threads
-        return system.docker_client()
-
-    steps = {
-        "base": ("base image (Debian 12 + systemd, debootstrap)", base_image),
-        "double": (
-            "engine TEST DOUBLE image (tests/fixtures/engine-double)",
-            lambda p: engine_double.ensure(client(), p, IMAGE_CACHE),
-        ),
-        "oauth2_proxy": (
-            f"oauth2-proxy image ({peers.OAUTH2_PROXY_VERSION}, built from its Go module)",
-            lambda p: peers.oauth2_proxy(client(), p, IMAGE_CACHE),
-        ),
-        "idp": (
-            "identity provider image (oidc-provider-mock)",
-            lambda p: peers.oidc_mock(client(), p, base_ref, on_base),
-        ),
-    }
-    if ollama:
-        steps["ollama"] = (
-            f"Ollama image ({engine_ollama.OLLAMA_VERSION}, built from its Go module)",
-            lambda p: engine_ollama.ensure(client(), p, IMAGE_CACHE),
-        )
-        steps["tiny_model"] = (
-            "tiny random model for Ollama (GGUF)",
-            lambda p: engine_ollama.tiny_model(p, REPO_ROOT / ".cache" / "models"),
-        )
-    if chat_ui:
-        steps["open_webui"] = (
-            f"chat UI image (Open WebUI {peers.OPEN_WEBUI_VERSION} from PyPI)",
-            lambda p: peers.open_webui(client(), p, base_ref, IMAGE_CACHE, on_base),
-        )
-    built = progress.side_by_side({title: fn for title, fn in steps.values()})
-    return Images(**{field: built[title] for field, (title, _) in steps.items()})
 
 
 def load(stack: str, inventory_root: Path) -> LocalStack:
@@ -708,32 +390,3 @@ def load(stack: str, inventory_root: Path) -> LocalStack:
         state = json.loads(path.read_text())
         return LocalStack(**{**state, "inventory_root": Path(state["inventory_root"])})
     return LocalStack(name=stack, inventory_root=inventory_root)
-
-
-def _require_free_port(port: int, what: str) -> None:
-    if system.port_taken(port):
-        raise UserError(
-            f"port 127.0.0.1:{port} (for {what}) is already in use by another program",
-            "stop that program, or pick other ports with --ssh-port/--http-port/--https-port",
-        )
-
-
-def _preload(ref: str, tarball: Path) -> dict[str, str]:
-    """An item of container_images_preload: the tarball here and, in the image cache, where hosts see it."""
-    item = {"path": str(tarball), "name": ref}
-    if tarball.parent == IMAGE_CACHE:
-        item["host_path"] = f"{IMAGES_MOUNT}/{tarball.name}"
-    return item
-
-
-def _first_boot_files(deploy_pub: str, host_key_path: Path) -> bytes:
-    """A tar with this host's own SSH host key and the deploy user's authorized key."""
-    pub = host_key_path.with_name(host_key_path.name + ".pub").read_bytes()
-    return system.tar_of(
-        {
-            "etc/ssh/ssh_host_ed25519_key": (host_key_path.read_bytes(), 0o600, 0),
-            "etc/ssh/ssh_host_ed25519_key.pub": (pub, 0o644, 0),
-            "home/deploy/.ssh": (None, 0o700, image.DEPLOY_UID),
-            "home/deploy/.ssh/authorized_keys": ((deploy_pub + "\n").encode(), 0o600, image.DEPLOY_UID),
-        }
-    )

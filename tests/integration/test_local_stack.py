@@ -26,7 +26,7 @@ from cryptography import x509
 from helpers import endpoint
 
 from llmcloud import REPO_ROOT, converge, inventory, verify
-from llmcloud.local import system
+from llmcloud.local import hosts, system
 from llmcloud.local.login import browser_login, session
 from llmcloud.local.login import id_token as idp_token
 from llmcloud.local.stack import CLIENT_ID, DOUBLE_MODEL, LABEL, PEER_LABEL, LocalStack
@@ -209,7 +209,7 @@ def test_everything_back_after_a_host_restart_without_converge(deployed, record_
     container = system.docker_client().containers.get(stack.container_name(name))
     began = time.monotonic()
     container.restart(timeout=30)
-    stack._wait_ready(container, name)
+    hosts.wait_ready(container, name)
     with tunnel(stack, name, address) as url:
         wait_serving(url, 300)
     took = time.monotonic() - began
@@ -884,7 +884,7 @@ def test_chat_ui_answers_no_other_origin_and_keeps_peoples_chats_from_the_admin(
     # What a signed-in person's requests reach (Open WebUI, oauth2-proxy): no log on the edge keeps the query.
     marker = "q" + uuid.uuid4().hex
     assert person.get(own + f"/api/v1/chats/?page=1&q={marker}", headers=token, timeout=30).status_code == 200
-    edge = system.docker_client().containers.get(stack.container_name("node1"))
+    edge = system.docker_client().containers.get(stack.container_name("llm1"))
     time.sleep(2)
     found = edge.exec_run(
         ["sh", "-c", f"journalctl -o cat --since -10min | grep -c {marker}; grep -rlF {marker} /var/log"]
@@ -1359,7 +1359,7 @@ def test_a_model_from_a_file_is_served_with_no_outbound_connection(deployed, tmp
     stack, _ = deployed
     if stack.topology != "single":
         pytest.skip("the single stack covers the import (the role is the same on every engine host)")
-    host = system.docker_client().containers.get(stack.container_name("node1"))
+    host = system.docker_client().containers.get(stack.container_name("llm1"))
 
     def archive(name: str, files: dict[str, str]) -> tuple[str, str]:
         folder = tmp_path / name
@@ -1378,7 +1378,7 @@ def test_a_model_from_a_file_is_served_with_no_outbound_connection(deployed, tmp
     def engine_role(settings: dict) -> subprocess.CompletedProcess:
         return subprocess.run(
             [
-                *("ansible", "node1", "-i", str(stack.inventory_dir), "-m", "ansible.builtin.include_role"),
+                *("ansible", "llm1", "-i", str(stack.inventory_dir), "-m", "ansible.builtin.include_role"),
                 *("-a", "name=llm_engine", "-e", json.dumps(settings)),
             ],
             cwd=REPO_ROOT,

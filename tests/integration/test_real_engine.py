@@ -62,7 +62,7 @@ def deployed(tmp_path_factory):
 
 
 def sh(stack: LocalStack, command: str) -> str:
-    container = system.docker_client().containers.get(stack.container_name("node1"))
+    container = system.docker_client().containers.get(stack.container_name("llm1"))
     code, out = container.exec_run(["sh", "-c", command])
     assert code == 0, out.decode(errors="replace")[-2000:]
     return out.decode()
@@ -102,7 +102,7 @@ def test_second_converge_changes_nothing(deployed):
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     # Creating the model reports a change: none means Ollama was found to have it already.
-    assert re.search(r"^node1\s+:\s+ok=\d+\s+changed=0\s", run.stdout, re.M), run.stdout[-4000:]
+    assert re.search(r"^llm1\s+:\s+ok=\d+\s+changed=0\s", run.stdout, re.M), run.stdout[-4000:]
 
 
 def test_testinfra_suite_passes(deployed):
@@ -240,7 +240,7 @@ def test_a_model_from_object_storage_by_a_presigned_url(deployed):
             "r = u.Request('http://127.0.0.1:8080/v1/chat/completions', sys.argv[1].encode(), "
             "{'Content-Type': 'application/json'}); print(json.load(u.urlopen(r, timeout=60))['usage'])"
         )
-        container = system.docker_client().containers.get(stack.container_name("node1"))
+        container = system.docker_client().containers.get(stack.container_name("llm1"))
         answered = container.exec_run(["python3", "-c", code, json.dumps(body)])
         assert answered.exit_code == 0, answered.output.decode()[-1000:]
         assert "'completion_tokens': 3" in answered.output.decode()
@@ -255,7 +255,7 @@ def engine_role(stack: LocalStack, settings: dict) -> subprocess.CompletedProces
     """Role llm_engine alone on the host, with these settings on top of the inventory's."""
     return subprocess.run(
         [
-            *("ansible", "node1", "-i", str(stack.inventory_dir), "-m", "ansible.builtin.include_role"),
+            *("ansible", "llm1", "-i", str(stack.inventory_dir), "-m", "ansible.builtin.include_role"),
             *("-a", "name=llm_engine", "-e", json.dumps(settings)),
         ],
         cwd=REPO_ROOT,

@@ -1,8 +1,8 @@
-"""The provisioning path for real: the local OpenStack cloud (llmcloud/cloud/controlplane.py) and the Pulumi
-engine built from Go (llmcloud/cloud/pulumi_engine.py), driving the same program() as `pulumi up`.
+"""The provisioning path for real: the local OpenStack cloud (testbed/controlplane.py) and the Pulumi
+engine built from Go (testbed/pulumi_engine.py), driving the same program() as `pulumi up`.
 
 The cloud starts once per session on its own ports (LLMCLOUD_TEST_CLOUD_PORT_BASE, default 27300), so a
-developer's `llmcloud cloud up` on the default ports is left alone. Marker: openstack (`make provision`).
+developer's `llmcloud-testbed up` on the default ports is left alone. Marker: openstack (`make provision`).
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from pathlib import Path
 import openstack
 import pytest
 
-from llmcloud.cloud.automation import CloudStack
-from llmcloud.cloud.controlplane import Cloud
-from llmcloud.cloud.pulumi_engine import Engine, ensure_engine
+from testbed.automation import CloudStack
+from testbed.controlplane import Cloud
+from testbed.pulumi_engine import Engine, ensure_engine
 from llmcloud.keys import ensure_ed25519
 
 RESTIC_PASSWORD = "test-restic-password"

@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from tests.provision.booted import MODEL, deploy, identity_provider, stack_settings
+from testbed.booted import MODEL, deploy, identity_provider, stack_settings
 
 JUMP_HOST = "172.16.102.5"
 

@@ -13,8 +13,8 @@ import time
 import pytest
 from pulumi.automation import CommandError
 
-from llmcloud.cloud import hypervisor
-from tests.provision.booted import PUBLIC_GATEWAY, stack_settings
+from testbed import hypervisor
+from testbed.booted import PUBLIC_GATEWAY, stack_settings
 from tests.provision.conftest import Lines
 
 PREFIX = "llm-bootfail"
@@ -84,7 +84,7 @@ def test_broken_data_volume_fails_up_with_host_cause_and_log(stack, cloud, admin
     server = admin.compute.find_server(f"{PREFIX}-llm1", all_projects=True, ignore_missing=False)
     volume = admin.block_storage.find_volume(f"{PREFIX}-llm1-data", ignore_missing=False, all_projects=True)
 
-    def booted() -> bool:  # as the hypervisor reports it (`llmcloud cloud status`)
+    def booted() -> bool:  # as the hypervisor reports it (`llmcloud-testbed status`)
         vms = (hypervisor.status(cloud.work) or {}).get("vms", [])
         return any(vm["server"] == server.id and vm["state"] == "running" for vm in vms)
 

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.provision.booted import (
+from testbed.booted import (
     MODEL,
     PUBLIC_GATEWAY,
     deploy,

@@ -14,10 +14,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from llmcloud.cloud.controlplane import Cloud, CloudError
+from testbed.controlplane import Cloud, CloudError
 from llmcloud.local.system import port_taken
 
-LLMCLOUD = str(Path(sys.executable).parent / "llmcloud")
+TESTBED = str(Path(sys.executable).parent / "llmcloud-testbed")
 SERVICES = {
     "mariadb", "rabbitmq", "memcached", "keystone", "placement", "glance-api", "neutron-server", "cinder-api",
     "cinder-volume", "cinder-scheduler", "nova-api", "nova-conductor", "nova-scheduler", "nova-compute",
@@ -28,7 +28,7 @@ SERVICES = {
 
 def test_status_shows_every_service_running(cloud):
     out = subprocess.run(
-        [LLMCLOUD, "cloud", "status", "--json", "--workdir", str(cloud.work)], capture_output=True, text=True
+        [TESTBED, "status", "--json", "--workdir", str(cloud.work)], capture_output=True, text=True
     )
     assert out.returncode == 0, out.stderr
     status = json.loads(out.stdout)
@@ -79,4 +79,4 @@ def test_a_taken_port_is_named_with_the_fix(cloud, tmp_path):
             Cloud(tmp_path / "second").up(port_base=port - 10)
     message = str(err.value)
     assert f"port {port} (keystone) on 127.0.0.1 is taken by another program" in message
-    assert "llmcloud cloud up --port-base N" in message
+    assert "llmcloud-testbed up --port-base N" in message

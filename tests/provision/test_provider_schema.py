@@ -12,7 +12,7 @@ import inspect
 import pulumi
 import pytest
 
-from llmcloud.cloud.pulumi_engine import provider_names
+from testbed.pulumi_engine import provider_names
 from tests.unit.test_provision import JUMP, SPLIT, Mocks, deploy
 
 

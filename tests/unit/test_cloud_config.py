@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from llmcloud.cloud.configs import Configs, Ports, Settings, render_ini
-from llmcloud.cloud.controlplane import Cloud, CloudError
+from testbed.configs import Configs, Ports, Settings, render_ini
+from testbed.controlplane import Cloud, CloudError
 from llmcloud.config import parse
 from llmcloud.provision.preflight import plan
 from tests.unit.test_config import BASE

@@ -7,8 +7,15 @@ import json
 import gguf
 import pytest
 
-from llmcloud.local import engine_ollama
+from llmcloud.local import engine_ollama, settings
 from llmcloud.local.stack import DOUBLE_MODEL, Images, LocalStack
+
+NETWORK = settings.LocalNetwork("172.30.0.1", "172.30.0.0/16", "http://172.30.0.1:9400")
+DEPLOY_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHfM4yWq5c4D3R1lDXRQ8+0Ww7nXbPqk1mAcI2fX2V1C deploy@test"
+
+
+def role_vars(plan: LocalStack) -> dict:
+    return settings.group_vars(plan, plan._built, NETWORK, DEPLOY_KEY, plan._secrets())
 
 
 @pytest.fixture
@@ -67,6 +74,7 @@ def test_the_tiny_model_is_the_same_file_every_time(module, tmp_path):
 
 def test_ollama_stack_imports_the_model_from_a_file_and_names_it(tmp_path):
     plan = LocalStack(inventory_root=tmp_path, engine="ollama")
+    (tmp_path / "tiny.gguf").write_bytes(b"GGUF")
     plan._built = Images(
         base="b",
         idp="i",
@@ -74,8 +82,9 @@ def test_ollama_stack_imports_the_model_from_a_file_and_names_it(tmp_path):
         oauth2_proxy=("o", tmp_path / "o.tar"),
         ollama=("llmcloud/ollama:v0-x", tmp_path / "ollama.tar"),
         tiny_model=(tmp_path / "tiny.gguf", "ab" * 32),
+        open_webui=("w", tmp_path / "w.tar"),
     )
-    engine = plan._engine_vars()
+    engine = role_vars(plan)
     assert engine["llm_engine_kind"] == "ollama"
     assert engine["llm_engine_model_source"] == "controller"
     assert engine["llm_engine_model_path"] == str(tmp_path / "tiny.gguf")
@@ -87,7 +96,11 @@ def test_ollama_stack_imports_the_model_from_a_file_and_names_it(tmp_path):
 def test_the_default_engine_is_the_test_double(tmp_path):
     plan = LocalStack(inventory_root=tmp_path)
     plan._built = Images(
-        "b", "i", ("llmcloud/engine-double:x", tmp_path / "double.tar"), ("o", tmp_path / "o.tar")
+        "b",
+        "i",
+        ("llmcloud/engine-double:x", tmp_path / "double.tar"),
+        ("o", tmp_path / "o.tar"),
+        open_webui=("w", tmp_path / "w.tar"),
     )
-    assert plan._engine_vars()["llm_engine_model_id"] == DOUBLE_MODEL
+    assert role_vars(plan)["llm_engine_model_id"] == DOUBLE_MODEL
     assert plan.main_model == DOUBLE_MODEL

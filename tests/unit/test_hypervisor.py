@@ -8,7 +8,7 @@ import tarfile
 
 import pytest
 
-from llmcloud.cloud import hypervisor
+from testbed import hypervisor
 
 
 def test_volume_device_is_what_a_kvm_guest_sees():

@@ -10,13 +10,13 @@ import pytest
 
 from llmcloud.errors import UserError
 from llmcloud.keys import ensure_ed25519
-from llmcloud.local import image, stack
+from llmcloud.local import artifacts, hosts, image, settings, stack
 from llmcloud.local.stack import LocalStack
 
 
 def test_single_topology_is_one_host_in_both_groups(tmp_path):
     plan = LocalStack(inventory_root=tmp_path)
-    assert plan.hosts() == [("node1", ("llm", "edge"))]
+    assert plan.hosts() == [("llm1", ("llm", "edge"))]
 
 
 def test_split_topology_has_an_edge_and_engine_hosts(tmp_path):
@@ -64,7 +64,7 @@ def test_taken_port_is_reported_with_the_fix():
         busy.listen(1)
         port = busy.getsockname()[1]
         with pytest.raises(UserError) as err:
-            stack._require_free_port(port, "node1 22/tcp")
+            hosts.require_free_port(port, "llm1 22/tcp")
     assert f"127.0.0.1:{port}" in err.value.cause
     assert "--ssh-port" in err.value.fix
 
@@ -81,8 +81,8 @@ def test_state_file_restores_settings(tmp_path):
 
 def test_first_boot_files_give_each_host_its_key_and_deploy_access(tmp_path):
     pub = ensure_ed25519(tmp_path / "deploy", "deploy@test")
-    ensure_ed25519(tmp_path / "hostkey", "root@node1")
-    with tarfile.open(fileobj=io.BytesIO(stack._first_boot_files(pub, tmp_path / "hostkey"))) as tar:
+    ensure_ed25519(tmp_path / "hostkey", "root@llm1")
+    with tarfile.open(fileobj=io.BytesIO(hosts.first_boot_files(pub, tmp_path / "hostkey"))) as tar:
         members = {m.name: m for m in tar.getmembers()}
         assert members["etc/ssh/ssh_host_ed25519_key"].mode == 0o600
         assert members["home/deploy/.ssh"].uid == image.DEPLOY_UID
@@ -136,15 +136,15 @@ def test_backups_open_with_the_inventorys_password_or_there_are_none(tmp_path):
 
 
 def test_cached_image_tarballs_are_loaded_in_place_on_the_hosts(tmp_path):
-    cached = stack.IMAGE_CACHE / "engine-double-0123456789ab.tar"
-    assert stack._preload("llmcloud/engine-double:0123456789ab", cached) == {
+    cached = artifacts.IMAGE_CACHE / "engine-double-0123456789ab.tar"
+    assert settings.preload("llmcloud/engine-double:0123456789ab", cached) == {
         "path": str(cached),
         "name": "llmcloud/engine-double:0123456789ab",
-        "host_path": f"{stack.IMAGES_MOUNT}/engine-double-0123456789ab.tar",
+        "host_path": f"{artifacts.IMAGES_MOUNT}/engine-double-0123456789ab.tar",
     }
     # A tarball elsewhere is not in the hosts' mount: role docker copies it.
     elsewhere = tmp_path / "x.tar"
-    assert stack._preload("x:1", elsewhere) == {"path": str(elsewhere), "name": "x:1"}
+    assert settings.preload("x:1", elsewhere) == {"path": str(elsewhere), "name": "x:1"}
 
 
 def summary_of(**status) -> str:
@@ -155,7 +155,7 @@ def summary_of(**status) -> str:
     base = {
         "stack": "demo",
         "topology": "single",
-        "hosts": [{"host": "node1", "state": "running", "ports": {"22/tcp": "127.0.0.1:2222"}}],
+        "hosts": [{"host": "llm1", "state": "running", "ports": {"22/tcp": "127.0.0.1:2222"}}],
         "inventory": str(REPO_ROOT / "inventory" / "demo"),
         "ssh_config": str(REPO_ROOT / "inventory" / "demo" / "ssh_config"),
         "url": "https://localhost:8443/",
@@ -164,7 +164,7 @@ def summary_of(**status) -> str:
         "models": ["llmcloud/engine-test-double"],
         "login": {"user": "alice"},
         "chat_ui": True,
-        "engine": {"host": "node1", "note": "the engine TEST DOUBLE"},
+        "engine": {"host": "llm1", "note": "the engine TEST DOUBLE"},
     }
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
@@ -178,7 +178,7 @@ def test_summary_commands_need_only_the_repository_and_the_prerequisites():
 
     text = summary_of()
     assert "inventory: inventory/demo " in text
-    assert "ssh -F inventory/demo/ssh_config node1" in text
+    assert "ssh -F inventory/demo/ssh_config llm1" in text
     assert "key=$(.venv/bin/llmcloud local status --stack demo --api-key)" in text
     assert "--cacert inventory/demo/tls/ca.pem" in text
     assert "jq" not in text and "|" not in text

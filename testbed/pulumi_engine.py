@@ -1,5 +1,5 @@
 """The Pulumi engine for tests, without downloads: the CLI and a test-bed OpenStack provider built from
-their Go modules (pinned in llmcloud/cloud/pulumi/*/go.mod and go.sum), each built once and cached.
+their Go modules (pinned in testbed/pulumi/*/go.mod and go.sum), each built once and cached.
 
 Users install the official Pulumi CLI and the official `openstack` plugin; only CI and the local cloud use
 these builds. The Python language host is not served by the module proxy, so tests drive the program through
@@ -15,10 +15,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmcloud.cloud.venv import cache_lock, cache_root
 from llmcloud.errors import UserError
 from llmcloud.local.peers import find_go
 from llmcloud.progress import Progress
+from testbed.venv import cache_lock, cache_root
 
 HERE = Path(__file__).resolve().parent / "pulumi"
 CLI_MODULE = HERE / "cli"

@@ -49,7 +49,7 @@ from llmcloud.local.system import tar_of
 
 POLL_SECONDS = 2.0
 RETRY_SECONDS = 30.0
-CLOUD_LABEL = "llmcloud.cloud"
+CLOUD_LABEL = "testbed"
 SERVER_LABEL = "llmcloud.server"
 VOLUMES_LABEL = "llmcloud.volumes"
 SUBNET_LABEL = "llmcloud.subnet"
@@ -221,7 +221,7 @@ class Hypervisor:
                     try:
                         container = self.boot(server)
                         self.failed.pop(sid, None)
-                    except Exception as exc:  # recorded, shown in `llmcloud cloud status`, retried
+                    except Exception as exc:  # recorded, shown in `llmcloud-testbed status`, retried
                         log.exception("server %s (%s): boot failed", server["name"], sid)
                         self.failed[sid] = (time.monotonic(), f"{type(exc).__name__}: {exc}")
             if container is not None:
@@ -448,8 +448,8 @@ class Hypervisor:
         return self.external[subnet_id]
 
     def _start_jump_host(self, name: str, net):
-        from llmcloud.cloud.configs import Settings
         from llmcloud.keys import ensure_ed25519
+        from testbed.configs import Settings
 
         settings = Settings.from_dict(json.loads((self.work / "settings.json").read_text()))
         key = self.work / "data" / "jumphost" / "ssh_host_ed25519_key"

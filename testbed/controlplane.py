@@ -26,12 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmcloud import REPO_ROOT
-from llmcloud.cloud import hypervisor
-from llmcloud.cloud.configs import COMPUTE_HOST, Configs, Ports, Settings
-from llmcloud.cloud.venv import services_venv
 from llmcloud.errors import UserError
 from llmcloud.local.system import ensure_packages, port_taken
 from llmcloud.progress import Progress
+from testbed import hypervisor
+from testbed.configs import COMPUTE_HOST, Configs, Ports, Settings
+from testbed.venv import services_venv
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_WORKDIR = REPO_ROOT / ".cloud"
@@ -81,7 +81,7 @@ class Cloud:
 
     def settings(self) -> Settings:
         if not self.settings_file.exists():
-            raise CloudError(f"no local cloud in {self.work}", "start one: llmcloud cloud up")
+            raise CloudError(f"no local cloud in {self.work}", "start one: llmcloud-testbed up")
         return Settings.from_dict(json.loads(self.settings_file.read_text()))
 
     def services(self) -> list[Service]:
@@ -121,13 +121,13 @@ class Cloud:
                 except BlockingIOError:
                     if time.monotonic() >= deadline:
                         raise CloudError(
-                            f"another `llmcloud cloud up` or `down` has been working on {self.work} "
+                            f"another `llmcloud-testbed up` or `down` has been working on {self.work} "
                             f"for more than {self.lock_wait_s:.0f} s",
                             "wait for it to finish (or stop it), then try again",
                         ) from None
                     if not waiting:
-                        (progress or Progress("llmcloud cloud")).log(
-                            f"another `llmcloud cloud up` or `down` is working on {self.work}: waiting for it"
+                        (progress or Progress("llmcloud-testbed")).log(
+                            f"another `llmcloud-testbed up` or `down` is working on {self.work}: waiting for it"
                         )
                         waiting = True
                     time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
@@ -145,7 +145,7 @@ class Cloud:
             return self._up(port_base, progress, install_packages, boot)
 
     def _up(self, port_base: int, progress: Progress | None, install_packages: bool, boot: bool) -> Settings:
-        progress = progress or Progress("llmcloud cloud up")
+        progress = progress or Progress("llmcloud-testbed up")
         if self.is_up():
             progress.log(f"the local cloud in {self.work} is already up")
             return self.settings()
@@ -693,7 +693,7 @@ class _Starter:
         # llmcloud's own interpreter (Docker's and OpenStack's SDKs), not the services' venv.
         pid = self.start(
             "hypervisor",
-            [sys.executable, "-m", "llmcloud.cloud.hypervisor", str(self.cloud.work)],
+            [sys.executable, "-m", "testbed.hypervisor", str(self.cloud.work)],
             {"PYTHONPATH": ""},
         )
         status = self.cloud.work / hypervisor.STATUS_FILE
@@ -772,7 +772,7 @@ def _check_ports_free(ports: Ports) -> None:
         if port_taken(port):
             raise CloudError(
                 f"port {port} ({name}) on 127.0.0.1 is taken by another program",
-                f"stop that program, or give the cloud other ports: llmcloud cloud up --port-base N "
+                f"stop that program, or give the cloud other ports: llmcloud-testbed up --port-base N "
                 f"(it uses N..N+{max(Ports.OFFSETS.values())}; now {ports.base})",
             )
 

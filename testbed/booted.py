@@ -1,4 +1,4 @@
-"""What a stack needs when its servers boot (llmcloud/cloud/hypervisor.py) and `pulumi up` configures them.
+"""What a stack needs when its servers boot (testbed/hypervisor.py) and `pulumi up` configures them.
 
 The roles run unchanged. What cannot come from the internet here is set the way a user sets their own
 settings: a file beside the generated ones in the inventory (group_vars/all/50-local-peers.yml), which
@@ -18,11 +18,11 @@ from pathlib import Path
 
 import yaml
 
-from llmcloud.cloud import hypervisor
 from llmcloud.keys import write_private
 from llmcloud.local import engine_double, image, peers, system
 from llmcloud.local.stack import CLIENT_ID, DEMO_USERS
 from llmcloud.progress import Progress
+from testbed import hypervisor
 
 DOMAIN = "llm.example.test"
 #: The identity provider's address on each external network: outside the floating-IP pools (.100-.250),
@@ -121,8 +121,7 @@ def write_peer_settings(inventory_dir: Path, built: dict[str, tuple[str, Path]],
     directory = inventory_dir / "group_vars" / "all"
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "50-local-peers.yml").write_text(
-        "# The local test bed's peers (tests/provision/booted.py).\n"
-        + yaml.safe_dump(settings, sort_keys=True)
+        "# The local test bed's peers (testbed/booted.py).\n" + yaml.safe_dump(settings, sort_keys=True)
     )
     key = "llmc_" + secrets.token_urlsafe(32)
     write_private(

@@ -39,7 +39,7 @@ class Ports:
         "swift_account": 21,
         "swift_container": 22,
         "swift_object": 23,
-        "jumphost": 24,  # SSH of the site jump host on `dmz-int` (llmcloud/cloud/hypervisor.py)
+        "jumphost": 24,  # SSH of the site jump host on `dmz-int` (testbed/hypervisor.py)
     }
 
     def __getattr__(self, name: str) -> int:

@@ -19,8 +19,8 @@ from typing import Any
 from pulumi import automation as auto
 
 from llmcloud import REPO_ROOT
-from llmcloud.cloud.controlplane import Cloud
-from llmcloud.cloud.pulumi_engine import Engine
+from testbed.controlplane import Cloud
+from testbed.pulumi_engine import Engine
 
 PROJECT = "llmcloud"
 #: The clouds.yaml entry of the seeded project's application credential.
