@@ -24,12 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import openstack
 
-from testbed import hypervisor
-from testbed.automation import CloudStack
-from testbed.controlplane import Cloud
-from testbed.pulumi_engine import ensure_engine
 from llmcloud.keys import ensure_ed25519
 from llmcloud.progress import Progress
+from testbed import hypervisor
+from testbed.automation import CloudStack
 from testbed.booted import (
     PUBLIC_GATEWAY,
     identity_provider,
@@ -37,6 +35,8 @@ from testbed.booted import (
     stack_settings,
     write_peer_settings,
 )
+from testbed.controlplane import Cloud
+from testbed.pulumi_engine import ensure_engine
 
 PORT_BASE = 27500
 NODE = {"flavor": "gpu.medium", "imagePattern": r"^Ubuntu-24\.04.*$", "dataVolumeSize": 10, "gpu": False}

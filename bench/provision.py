@@ -21,11 +21,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
+from llmcloud.keys import ensure_ed25519
+from llmcloud.progress import Progress
 from testbed.automation import CloudStack
 from testbed.controlplane import Cloud
 from testbed.pulumi_engine import ensure_engine
-from llmcloud.keys import ensure_ed25519
-from llmcloud.progress import Progress
 
 PORT_BASE = 27500
 TOPOLOGIES = {

@@ -40,10 +40,63 @@ def _stack_args(p: argparse.ArgumentParser) -> None:
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="llmcloud", description=__doc__.split("\n")[0])
     sub = top.add_subparsers(dest="command", required=True)
+    _local_parser(sub)
+    for name, text in (("converge", "apply site.yml to an inventory"), ("verify", "run tests/infra")):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument(
+            "-i",
+            "--inventory",
+            type=Path,
+            default=DEFAULT_INVENTORY_ROOT / "local",
+            help="inventory directory (default: inventory/local)",
+        )
+    watch = sub.add_parser("status", help="the deployment on one screen, from its Prometheus")
+    watch.add_argument(
+        "-i",
+        "--inventory",
+        type=Path,
+        default=DEFAULT_INVENTORY_ROOT / "local",
+        help="inventory directory (default: inventory/local)",
+    )
+    watch.add_argument("--json", action="store_true", help="machine-readable output")
+    watch.add_argument(
+        "--prometheus-url",
+        help="ask this Prometheus (e.g. http://127.0.0.1:9090/prometheus/) instead of one reached over SSH",
+    )
+    return top
 
+
+def _local_parser(sub) -> None:
     local = sub.add_parser("local", help="target hosts as containers on this machine")
     lsub = local.add_subparsers(dest="action", required=True)
-    up = lsub.add_parser("up", help="start hosts, write the inventory, converge, verify")
+    _up_args(lsub.add_parser("up", help="start hosts, write the inventory, converge, verify"))
+    down = lsub.add_parser("down", help="remove the hosts, network, volumes and inventory of a stack")
+    _stack_args(down)
+    down.add_argument("--purge-image", action="store_true", help="also remove the cached base image")
+    lsub.add_parser("image", help="build the base image if needed; print its reference")
+    lsub.add_parser(
+        "images",
+        help="build every image the local stack and the local cloud use, if needed (base, VM, engine test "
+        "double, oauth2-proxy, identity provider, chat UI); print their references",
+    )
+    lsub.add_parser(
+        "ollama",
+        help="build the real engine of --engine ollama if needed (Ollama from its Go module, about 10 "
+        "minutes once; a tiny random model); print the image and the model file",
+    )
+    lsub.add_parser(
+        "open-webui",
+        help="build the chat UI's local image if needed (Open WebUI from PyPI, 1.5 GB, a few minutes once); "
+        "print the image, its tarball, its size and the build time",
+    )
+    status = lsub.add_parser("status", help="show the hosts of a stack")
+    _stack_args(status)
+    shown = status.add_mutually_exclusive_group()
+    shown.add_argument("--json", action="store_true", help="machine-readable output")
+    shown.add_argument("--api-key", action="store_true", help="print only the demo API key (for scripts)")
+
+
+def _up_args(up: argparse.ArgumentParser) -> None:
     _stack_args(up)
     up.add_argument(
         "--topology",
@@ -90,64 +143,6 @@ def parser() -> argparse.ArgumentParser:
         "2 minutes); on by default",
     )
     up.add_argument("--hosts-only", action="store_true", help="start hosts and write the inventory only")
-    down = lsub.add_parser("down", help="remove the hosts, network, volumes and inventory of a stack")
-    _stack_args(down)
-    down.add_argument("--purge-image", action="store_true", help="also remove the cached base image")
-    lsub.add_parser("image", help="build the base image if needed; print its reference")
-    lsub.add_parser(
-        "images",
-        help="build every image the local stack and the local cloud use, if needed (base, VM, engine test "
-        "double, oauth2-proxy, identity provider, chat UI); print their references",
-    )
-    lsub.add_parser(
-        "ollama",
-        help="build the real engine of --engine ollama if needed (Ollama from its Go module, about 10 "
-        "minutes once; a tiny random model); print the image and the model file",
-    )
-    lsub.add_parser(
-        "open-webui",
-        help="build the chat UI's local image if needed (Open WebUI from PyPI, 1.5 GB, a few minutes once); "
-        "print the image, its tarball, its size and the build time",
-    )
-    status = lsub.add_parser("status", help="show the hosts of a stack")
-    _stack_args(status)
-    shown = status.add_mutually_exclusive_group()
-    shown.add_argument("--json", action="store_true", help="machine-readable output")
-    shown.add_argument("--api-key", action="store_true", help="print only the demo API key (for scripts)")
-
-    for name, text in (("converge", "apply site.yml to an inventory"), ("verify", "run tests/infra")):
-        cmd = sub.add_parser(name, help=text)
-        cmd.add_argument(
-            "-i",
-            "--inventory",
-            type=Path,
-            default=DEFAULT_INVENTORY_ROOT / "local",
-            help="inventory directory (default: inventory/local)",
-        )
-    watch = sub.add_parser("status", help="the deployment on one screen, from its Prometheus")
-    watch.add_argument(
-        "-i",
-        "--inventory",
-        type=Path,
-        default=DEFAULT_INVENTORY_ROOT / "local",
-        help="inventory directory (default: inventory/local)",
-    )
-    watch.add_argument("--json", action="store_true", help="machine-readable output")
-    watch.add_argument(
-        "--prometheus-url",
-        help="ask this Prometheus (e.g. http://127.0.0.1:9090/prometheus/) instead of one reached over SSH",
-    )
-    return top
-
-
-def pairs(items: list[str], flag: str) -> dict[str, str]:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UserError(f"{flag} {item!r} is not KEY=VALUE", f"e.g. {flag} llmcloud:configure=false")
-        out[key] = value
-    return out
 
 
 def _local_stack(args):
@@ -254,12 +249,18 @@ def _dispatch(args) -> int:
         figures = status.status(args.inventory, args.prometheus_url)
         print(json.dumps(figures, indent=2) if args.json else status.render(figures, args.inventory.name))
         return 0
+    if args.action in ("image", "images", "ollama", "open-webui"):
+        return _build(args.action)
+    return _local(args)
 
-    if args.action == "image":
+
+def _build(action: str) -> int:
+    """`llmcloud local image|images|ollama|open-webui`: build what the local stack needs, once."""
+    if action == "image":
         from llmcloud.local import image, system
 
         return image.main()
-    if args.action == "images":
+    if action == "images":
         from llmcloud.local import image, system
         from llmcloud.local.artifacts import build_images
 
@@ -269,25 +270,28 @@ def _dispatch(args) -> int:
         for ref in (built.base, vm, built.double[0], built.oauth2_proxy[0], built.idp, built.open_webui[0]):
             print(ref)
         return 0
-    if args.action == "ollama":
+    if action == "ollama":
         from llmcloud.local import engine_ollama, image, system
 
         progress = Progress("Ollama")
         print(engine_ollama.ensure(system.docker_client(), progress, image.IMAGE_CACHE)[0])
         print(engine_ollama.tiny_model(progress, REPO_ROOT / ".cache" / "models")[0])
         return 0
-    if args.action == "open-webui":
-        from llmcloud.local import image, peers, system
+    from llmcloud.local import image, peers, system
 
-        progress = Progress("Open WebUI")
-        client = system.docker_client()
-        began = time.monotonic()
-        ref, tarball = peers.open_webui(client, progress, image.ensure(progress), image.IMAGE_CACHE)
-        size = client.images.get(ref).attrs["Size"]
-        print(
-            f"{ref}\n{tarball}\nsize {size / 1e9:.2f} GB, built or found in {time.monotonic() - began:.0f} s"
-        )
-        return 0
+    progress = Progress("Open WebUI")
+    client = system.docker_client()
+    began = time.monotonic()
+    ref, tarball = peers.open_webui(client, progress, image.ensure(progress), image.IMAGE_CACHE)
+    size = client.images.get(ref).attrs["Size"]
+    print(f"{ref}\n{tarball}\nsize {size / 1e9:.2f} GB, built or found in {time.monotonic() - began:.0f} s")
+    return 0
+
+
+def _local(args) -> int:
+    """`llmcloud local status|down|up`."""
+    from llmcloud import converge, verify
+
     stack = _local_stack(args)
     if args.action == "status":
         status = stack.status()

@@ -127,7 +127,7 @@ class Cloud:
                         ) from None
                     if not waiting:
                         (progress or Progress("llmcloud-testbed")).log(
-                            f"another `llmcloud-testbed up` or `down` is working on {self.work}: waiting for it"
+                            f"another `llmcloud-testbed up` or `down` works on {self.work}: waiting for it"
                         )
                         waiting = True
                     time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))

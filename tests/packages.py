@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import sys
 
-from testbed.controlplane import DEBIAN_PACKAGES as CLOUD
 from llmcloud.errors import exit_code
 from llmcloud.local import system
 from llmcloud.local.engine_ollama import BUILD_PACKAGES as OLLAMA_BUILD
 from llmcloud.local.peers import GO_PACKAGES, find_go
 from llmcloud.progress import Progress
+from testbed.controlplane import DEBIAN_PACKAGES as CLOUD
 
 #: Pebble and its DNS server for the ACME test (tests/integration/pebble.py).
 ACME = {"pebble": "pebble", "pebble-challtestsrv": "pebble"}

@@ -70,7 +70,6 @@ class Node(pulumi.ComponentResource):
         opts: pulumi.ResourceOptions | None = None,
     ):
         super().__init__("llmcloud:provision:Node", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
         image_id = find_image(cfg, self)
         port = openstack.networking.Port(
             f"{name}-port",
@@ -88,19 +87,10 @@ class Node(pulumi.ComponentResource):
             volume_size=cfg.boot_volume_size,
             delete_on_termination=True,
         )
+        self.volume = self._data_volume(name, stack, data_volume) if data_volume is not None else None
+        volume_id: pulumi.Input[str | None] = self.volume.id if self.volume else None
         block_devices = [boot]
-        self.volume = None
-        volume_id: pulumi.Input[str | None] = None
-        if data_volume is not None:
-            self.volume = openstack.blockstorage.Volume(
-                f"{name}-data",
-                name=f"{name}-data",
-                size=data_volume.size,
-                volume_type=data_volume.volume_type,
-                description=f"llmcloud {stack}: model cache of {name}, kept when the VM is replaced",
-                opts=pulumi.ResourceOptions(parent=self, protect=not data_volume.allow_data_loss),
-            )
-            volume_id = self.volume.id
+        if self.volume is not None:
             # Attached at boot, so cloud-init finds it; kept when the VM is deleted.
             block_devices.append(
                 openstack.compute.InstanceBlockDeviceArgs(
@@ -129,16 +119,33 @@ class Node(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
         )
         self.private_ip = port.all_fixed_ips[0]
-        self.public_ip = None
-        if floating_ip_pool:
-            fip = openstack.networking.FloatingIp(
-                f"{name}-fip", pool=floating_ip_pool, description=f"llmcloud {stack}: {name}", opts=child
-            )
-            openstack.networking.FloatingIpAssociate(
-                f"{name}-fip-assoc",
-                floating_ip=fip.address,
-                port_id=port.id,
-                opts=pulumi.ResourceOptions(parent=self, depends_on=routed or []),
-            )
-            self.public_ip = fip.address
+        self.public_ip = (
+            self._floating_ip(name, stack, floating_ip_pool, port, routed) if floating_ip_pool else None
+        )
         self.register_outputs({"private_ip": self.private_ip, "public_ip": self.public_ip})
+
+    def _data_volume(self, name: str, stack: str, data: DataVolume) -> openstack.blockstorage.Volume:
+        """The model cache: protected from `pulumi destroy` unless allowDataLoss."""
+        return openstack.blockstorage.Volume(
+            f"{name}-data",
+            name=f"{name}-data",
+            size=data.size,
+            volume_type=data.volume_type,
+            description=f"llmcloud {stack}: model cache of {name}, kept when the VM is replaced",
+            opts=pulumi.ResourceOptions(parent=self, protect=not data.allow_data_loss),
+        )
+
+    def _floating_ip(self, name: str, stack: str, pool: str, port, routed) -> pulumi.Output[str]:
+        fip = openstack.networking.FloatingIp(
+            f"{name}-fip",
+            pool=pool,
+            description=f"llmcloud {stack}: {name}",
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        openstack.networking.FloatingIpAssociate(
+            f"{name}-fip-assoc",
+            floating_ip=fip.address,
+            port_id=port.id,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=routed or []),
+        )
+        return fip.address

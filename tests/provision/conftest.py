@@ -14,10 +14,10 @@ from pathlib import Path
 import openstack
 import pytest
 
+from llmcloud.keys import ensure_ed25519
 from testbed.automation import CloudStack
 from testbed.controlplane import Cloud
 from testbed.pulumi_engine import Engine, ensure_engine
-from llmcloud.keys import ensure_ed25519
 
 RESTIC_PASSWORD = "test-restic-password"
 

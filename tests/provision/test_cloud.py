@@ -14,8 +14,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from testbed.controlplane import Cloud, CloudError
 from llmcloud.local.system import port_taken
+from testbed.controlplane import Cloud, CloudError
 
 TESTBED = str(Path(sys.executable).parent / "llmcloud-testbed")
 SERVICES = {

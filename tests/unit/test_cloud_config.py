@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from testbed.configs import Configs, Ports, Settings, render_ini
-from testbed.controlplane import Cloud, CloudError
 from llmcloud.config import parse
 from llmcloud.provision.preflight import plan
+from testbed.configs import Configs, Ports, Settings, render_ini
+from testbed.controlplane import Cloud, CloudError
 from tests.unit.test_config import BASE
 
 
