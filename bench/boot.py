@@ -26,7 +26,7 @@ import openstack
 
 from llmcloud.keys import ensure_ed25519
 from llmcloud.progress import Progress
-from testbed import hypervisor
+from testbed import external, hypervisor
 from testbed.automation import CloudStack
 from testbed.booted import (
     PUBLIC_GATEWAY,
@@ -167,7 +167,7 @@ def main() -> None:
                 "denbi-berlin",
                 {
                     "llmcloud:replicas": "2",
-                    "llmcloud:adminCidrs": [f"{hypervisor.JUMP_HOST_ADDRESS}/32"],
+                    "llmcloud:adminCidrs": [f"{external.JUMP_HOST_ADDRESS}/32"],
                     "llmcloud:reach": {
                         "floatingIpPool": "dmz-int",
                         "jumpHost": f"alice@127.0.0.1:{cloud.settings().ports.jumphost}",

@@ -160,3 +160,18 @@ def _passphrase(cloud: Cloud) -> str:
         path.touch(mode=0o600)
         path.write_text(secrets.token_urlsafe(24))
     return path.read_text()
+
+
+class Lines(list):
+    """Collects the engine's output (and echoes it, so a failing run shows in the test report)."""
+
+    def __bool__(self) -> bool:  # Pulumi skips a falsy callback, and an empty list is falsy
+        return True
+
+    def __call__(self, line: str) -> None:
+        print(line)
+        self.append(line)
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self)

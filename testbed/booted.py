@@ -23,6 +23,7 @@ from llmcloud.local import engine_double, image, peers, system
 from llmcloud.local.stack import CLIENT_ID, DEMO_USERS
 from llmcloud.progress import Progress
 from testbed import hypervisor
+from testbed.automation import Lines
 
 DOMAIN = "llm.example.test"
 #: The identity provider's address on each external network: outside the floating-IP pools (.100-.250),
@@ -154,8 +155,6 @@ def stack_settings(ssh_private_key: Path, ssh_public_key: str, **extra) -> dict:
 
 def deploy(stack, idp_url: str):
     """The peers' settings, then `pulumi up` from nothing: (result, output lines, API key, seconds)."""
-    from tests.provision.conftest import Lines
-
     key = write_peer_settings(stack.inventory_dir, images(), idp_url)
     lines = Lines()
     began = time.monotonic()

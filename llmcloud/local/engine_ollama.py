@@ -107,15 +107,18 @@ def ensure(client, progress, cache_dir: Path) -> tuple[str, Path]:
     """(image reference, tarball) of Ollama, built from the pinned module when not cached."""
     ref = f"{REPOSITORY}:{image_tag()}"
     tarball = cache_dir / f"ollama-{image_tag()}.tar"
-    with peers.build_lock(cache_dir, "ollama", progress, "the Ollama image"):
-        if tarball.is_file():
-            progress.log(f"Ollama {ref} is cached")
-            return ref, tarball
-        _build_image(client, progress, cache_dir, ref, tarball)
-    return ref, tarball
+    return peers.cached_image(
+        client,
+        progress,
+        ref,
+        tarball,
+        "Ollama",
+        lambda: _build_image(client, progress, cache_dir, ref),
+        lock="ollama",
+    )
 
 
-def _build_image(client, progress, cache_dir: Path, ref: str, tarball: Path) -> None:
+def _build_image(client, progress, cache_dir: Path, ref: str) -> None:
     system.ensure_packages(BUILD_PACKAGES)
     with tempfile.TemporaryDirectory(prefix="llmcloud-ollama-") as work:
         source, context = Path(work) / "src", Path(work) / "context"
@@ -147,8 +150,6 @@ def _build_image(client, progress, cache_dir: Path, ref: str, tarball: Path) -> 
             (context / "rootfs" / "tmp").chmod(0o1777)
             shutil.copy(HERE / "Dockerfile", context)
             client.images.build(path=str(context), tag=ref, rm=True)
-        with progress.step(f"save {ref} for preloading"):
-            peers.save(client, ref, tarball)
 
 
 def tiny_model(progress, cache_dir: Path) -> tuple[Path, str]:

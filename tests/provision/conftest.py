@@ -93,18 +93,3 @@ def make_stack(cloud, engine, ssh_public_key, tmp_path_factory) -> Callable[...,
         return stack
 
     return make
-
-
-class Lines(list):
-    """Collects the engine's output (and echoes it, so a failing run shows in the test report)."""
-
-    def __bool__(self) -> bool:  # Pulumi skips a falsy callback, and an empty list is falsy
-        return True
-
-    def __call__(self, line: str) -> None:
-        print(line)
-        self.append(line)
-
-    @property
-    def text(self) -> str:
-        return "\n".join(self)

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from pulumi.automation import CommandError
 
-from tests.provision.conftest import Lines
+from testbed.automation import Lines
 from tests.provision.readback import stack_resources
 
 PREFIX = "llm-bad"

@@ -14,8 +14,8 @@ import pytest
 from pulumi.automation import CommandError
 
 from testbed import hypervisor
+from testbed.automation import Lines
 from testbed.booted import PUBLIC_GATEWAY, stack_settings
-from tests.provision.conftest import Lines
 
 PREFIX = "llm-bootfail"
 TIMEOUT = 300

@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from testbed.automation import Lines
 from testbed.booted import (
     MODEL,
     PUBLIC_GATEWAY,
@@ -20,7 +21,6 @@ from testbed.booted import (
     identity_provider,
     stack_settings,
 )
-from tests.provision.conftest import Lines
 
 PREFIX = "llm-boot"
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.provision.conftest import RESTIC_PASSWORD, Lines
+from testbed.automation import Lines
+from tests.provision.conftest import RESTIC_PASSWORD
 from tests.provision.readback import inventory_view, newest_image, stack_resources
 
 PREFIX = "llm-denbi-berlin"

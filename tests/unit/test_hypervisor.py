@@ -8,7 +8,7 @@ import tarfile
 
 import pytest
 
-from testbed import hypervisor
+from testbed import external, hypervisor
 
 
 def test_volume_device_is_what_a_kvm_guest_sees():
@@ -44,10 +44,10 @@ def test_volume_file_is_sparse_and_private(tmp_path):
 
 
 def test_a_subnet_that_would_hide_the_package_mirror_is_refused(monkeypatch):
-    monkeypatch.setattr(hypervisor, "machine_addresses", lambda: {"203.0.113.80": "deb.debian.org"})
+    monkeypatch.setattr(external, "machine_addresses", lambda: {"203.0.113.80": "deb.debian.org"})
     with pytest.raises(RuntimeError, match=r"contains 203\.0\.113\.80, deb\.debian\.org of this machine"):
-        hypervisor.refuse_hiding("203.0.113.0/24", "subnet public-subnet")
-    hypervisor.refuse_hiding("198.51.100.0/24", "subnet public-subnet")
+        external.refuse_hiding("203.0.113.0/24", "subnet public-subnet")
+    external.refuse_hiding("198.51.100.0/24", "subnet public-subnet")
 
 
 def test_cloud_tag_is_per_work_dir(tmp_path):

@@ -25,9 +25,11 @@ HERE = Path(__file__).parent
 OAUTH2_PROXY_VERSION = "v7.15.6"
 
 
-def recipe_hash(directory: Path, *extra: str) -> str:
+def recipe_hash(directory: Path, *extra: str, files: tuple[str, ...] | None = None) -> str:
+    """12 hex digits of a build's recipe: the files of ``directory`` (or just ``files``), and ``extra``."""
     digest = hashlib.sha256()
-    for path in sorted(p for p in directory.iterdir() if p.is_file() and p.name != "__init__.py"):
+    paths = [directory / f for f in files] if files else directory.iterdir()
+    for path in sorted(p for p in paths if p.is_file() and p.name != "__init__.py"):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     for item in extra:
         digest.update(item.encode())
@@ -93,6 +95,32 @@ def build_lock(cache_dir: Path, name: str, progress, what: str) -> Iterator[None
         yield
 
 
+def cached_image(
+    client,
+    progress,
+    ref: str,
+    tarball: Path,
+    what: str,
+    build: Callable[[], object],
+    *,
+    lock: str | None = None,
+    image_too: bool = False,
+) -> tuple[str, Path]:
+    """(ref, tarball) of an image the hosts preload: the cached tarball, else ``build()`` the image (unless
+    Docker has it) and save it. ``lock``: one build at a time under that name; ``image_too``: the image must
+    also be in this machine's Docker (it runs here too)."""
+    cache_dir = tarball.parent
+    with build_lock(cache_dir, lock, progress, what) if lock else contextlib.nullcontext():
+        if tarball.is_file() and (not image_too or client.images.list(name=ref)):
+            progress.log(f"{what} {ref} is cached")
+            return ref, tarball
+        if not client.images.list(name=ref):
+            build()
+        with progress.step(f"save {ref} for preloading"):
+            save(client, ref, tarball)
+    return ref, tarball
+
+
 def save(client, ref: str, tarball: Path) -> Path:
     """Save an image for the hosts' preload path (role docker)."""
     tarball.parent.mkdir(parents=True, exist_ok=True)
@@ -108,12 +136,12 @@ def oauth2_proxy(client, progress, cache_dir: Path) -> tuple[str, Path]:
     """(image reference, tarball) of oauth2-proxy, built from the pinned module."""
     source = HERE / "oauth2-proxy"
     ref = f"llmcloud/oauth2-proxy:{OAUTH2_PROXY_VERSION}-{recipe_hash(source, OAUTH2_PROXY_VERSION)}"
-    tarball = cache_dir / f"oauth2-proxy-{ref.rsplit(':', 1)[1]}.tar"
-    if tarball.is_file():
-        progress.log(f"oauth2-proxy {ref} is cached")
-        return ref, tarball
-    with tempfile.TemporaryDirectory(prefix="llmcloud-oauth2-proxy-") as context:
-        with progress.step(f"build oauth2-proxy {OAUTH2_PROXY_VERSION} with Go (about 2 min, once)"):
+
+    def build() -> None:
+        with (
+            tempfile.TemporaryDirectory(prefix="llmcloud-oauth2-proxy-") as context,
+            progress.step(f"build oauth2-proxy {OAUTH2_PROXY_VERSION} with Go (about 2 min, once)"),
+        ):
             go_binary(
                 source,
                 "github.com/oauth2-proxy/oauth2-proxy/v7",
@@ -124,9 +152,9 @@ def oauth2_proxy(client, progress, cache_dir: Path) -> tuple[str, Path]:
             shutil.copy("/etc/ssl/certs/ca-certificates.crt", context)
             shutil.copy(source / "Dockerfile", context)
             client.images.build(path=context, tag=ref, rm=True)
-        with progress.step(f"save {ref} for preloading"):
-            save(client, ref, tarball)
-    return ref, tarball
+
+    tarball = cache_dir / f"oauth2-proxy-{ref.rsplit(':', 1)[1]}.tar"
+    return cached_image(client, progress, ref, tarball, "oauth2-proxy", build)
 
 
 def oidc_mock(client, progress, base_ref: str, on_base: Callable[[], object] = lambda: None) -> str:
@@ -201,20 +229,18 @@ def open_webui(
     """
     source = HERE / "open-webui"
     ref = f"llmcloud/open-webui:{OPEN_WEBUI_VERSION}-{recipe_hash(source, base_ref)}"
+
+    def build() -> None:
+        with (
+            tempfile.TemporaryDirectory(prefix="llmcloud-open-webui-", dir=cache_dir) as context,
+            progress.step(f"build the chat UI image {ref} (Open WebUI from PyPI, 1.5 GB, once)"),
+        ):
+            what = "Open WebUI's packages"
+            _build_from_pypi(
+                client, source, Path(context), ref, base_ref, on_base, what, "3.11.2", _MANYLINUX
+            )
+
     tarball = cache_dir / f"open-webui-{ref.rsplit(':', 1)[1]}.tar"
-    with build_lock(cache_dir, "open-webui", progress, "the chat UI image"):
-        if tarball.is_file() and client.images.list(name=ref):
-            progress.log(f"Open WebUI {ref} is cached")
-            return ref, tarball
-        if not client.images.list(name=ref):
-            with (
-                tempfile.TemporaryDirectory(prefix="llmcloud-open-webui-", dir=cache_dir) as context,
-                progress.step(f"build the chat UI image {ref} (Open WebUI from PyPI, 1.5 GB, once)"),
-            ):
-                what = "Open WebUI's packages"
-                _build_from_pypi(
-                    client, source, Path(context), ref, base_ref, on_base, what, "3.11.2", _MANYLINUX
-                )
-        with progress.step(f"save {ref} for preloading"):
-            save(client, ref, tarball)
-    return ref, tarball
+    return cached_image(
+        client, progress, ref, tarball, "Open WebUI", build, lock="open-webui", image_too=True
+    )
