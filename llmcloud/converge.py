@@ -3,15 +3,35 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llmcloud import REPO_ROOT, inventory
+import yaml
+
+from llmcloud import REPO_ROOT, contract, inventory
 from llmcloud.errors import UserError
 from llmcloud.progress import Progress
+
+
+def role_wiring(role: str, inventory_vars: dict) -> dict:
+    """What site.yml passes ``role`` beyond the inventory, for the role applied alone (tests, benchmarks):
+    the role's `vars:` in site.yml, the site variables they read (vars/site.yml), and the defaults they read
+    of the play's other roles that the inventory does not set. Jinja stays Jinja: Ansible renders it there.
+    """
+    plays = yaml.safe_load((REPO_ROOT / "site.yml").read_text())
+    play = next(p for p in plays if any(r.get("role") == role for r in p.get("roles", [])))
+    wiring = next(r for r in play["roles"] if r.get("role") == role).get("vars", {})
+    site = yaml.safe_load((REPO_ROOT / "vars" / "site.yml").read_text())
+    others = {}
+    for other in (r["role"] for r in play["roles"] if r["role"] != role):
+        others.update(contract.role_defaults(other))
+    read = set(re.findall(r"\b[a-z_][a-z0-9_]*\b", " ".join(str(v) for v in wiring.values())))
+    borrowed = {k: others[k] for k in read if k in others and k not in inventory_vars}
+    return {**site, **borrowed, **wiring}
 
 
 @dataclass

@@ -121,15 +121,12 @@ class LocalStack:
         return f"llmcloud-{self.name}-{host}"
 
     def nginx_site_vars(self) -> dict:
-        """What site.yml passes role nginx beyond the inventory (vars/site.yml), for the role applied alone
-        (tests, benchmarks): without them the chat UI would leave the edge's configuration."""
-        if not self.chat_ui:
-            return {}
-        site = yaml.safe_load((REPO_ROOT / "vars" / "site.yml").read_text())
-        return {
-            "nginx_chat_ui_address": "unix:" + site["__site_chat_ui_socket"],
-            "nginx_chat_ui_engine_key_file": site["__site_chat_ui_engine_key_file"],
-        }
+        """What site.yml passes role nginx beyond the inventory, for the role applied alone (tests,
+        benchmarks): without it the chat UI, the models and Prometheus would leave the edge's settings."""
+        from llmcloud import converge
+
+        path = self.inventory_dir / "group_vars" / "all" / "00-llmcloud.yml"
+        return converge.role_wiring("nginx", yaml.safe_load(path.read_text()) if path.is_file() else {})
 
     def hosts(self) -> list[tuple[str, tuple[str, ...]]]:
         """The planned hosts as (name, groups)."""
