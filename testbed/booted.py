@@ -19,7 +19,8 @@ from pathlib import Path
 import yaml
 
 from llmcloud.keys import write_private
-from llmcloud.local import engine_double, image, peers, system
+from llmcloud.local import image, peers, system
+from llmcloud.local.artifacts import engine_double
 from llmcloud.local.stack import CLIENT_ID, DEMO_USERS
 from llmcloud.progress import Progress
 from testbed import hypervisor
@@ -90,7 +91,7 @@ def images() -> dict[str, tuple[str, Path]]:
     progress = Progress("images")
     cache = image.IMAGE_CACHE
     return {
-        "engine": engine_double.ensure(client, progress, cache),
+        "engine": engine_double().ensure(client, progress, cache),
         "oauth2_proxy": peers.oauth2_proxy(client, progress, cache),
     }
 

@@ -6,6 +6,6 @@ They are real hosts for Ansible (systemd, sshd, apt, nftables, Docker inside), r
 - ``stack.py``: the flags, the names of what a stack owns in Docker, the order of up, down and status;
 - ``settings.py``: the flags as a stack config, through ``contract.role_vars``, plus the reviewed overlay;
 - ``hosts.py``, ``idp.py``: the host containers and the identity provider;
-- ``artifacts.py``, ``image.py``, ``peers/``, ``engine_double.py``, ``engine_ollama.py``: the images they run,
-  built here from pinned sources and cached.
+- ``artifacts.py``, ``image.py``, ``peers/``, ``engine_ollama.py``: the images they run, built here from
+  pinned sources and cached (the engine TEST DOUBLE's build is beside its source, tests/fixtures/engine-double).
 """

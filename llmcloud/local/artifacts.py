@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
+import importlib.util
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
 from llmcloud import REPO_ROOT
 from llmcloud.errors import UserError
-from llmcloud.local import engine_double, engine_ollama, image, peers, system
+from llmcloud.local import engine_ollama, image, peers, system
 from llmcloud.progress import Progress
 
 #: The image cache (the tarballs below), mounted read-only in every host: role docker loads them in place
 #: (host_path) instead of copying 1.5 GB over SSH (44 s of a fresh converge).
 IMAGE_CACHE = image.IMAGE_CACHE
 IMAGES_MOUNT = "/srv/llmcloud-images"
+#: The engine TEST DOUBLE: its source and its build live together, with the tests' fixtures.
+ENGINE_DOUBLE = REPO_ROOT / "tests" / "fixtures" / "engine-double"
+
+
+def engine_double():
+    """The engine TEST DOUBLE's build module (tests/fixtures/engine-double/build.py)."""
+    spec = importlib.util.spec_from_file_location("llmcloud_engine_double_build", ENGINE_DOUBLE / "build.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @dataclass(frozen=True)
@@ -61,7 +72,7 @@ def build_images(progress: Progress, *, ollama: bool = False, chat_ui: bool = Tr
         "base": ("base image (Debian 12 + systemd, debootstrap)", base_image),
         "double": (
             "engine TEST DOUBLE image (tests/fixtures/engine-double)",
-            lambda p: engine_double.ensure(client(), p, IMAGE_CACHE),
+            lambda p: engine_double().ensure(client(), p, IMAGE_CACHE),
         ),
         "oauth2_proxy": (
             f"oauth2-proxy image ({peers.OAUTH2_PROXY_VERSION}, built from its Go module)",

@@ -16,7 +16,8 @@ import pytest
 import requests
 from helpers import free_port
 
-from llmcloud.local import engine_double, image, peers, system
+from llmcloud.local import image, peers, system
+from llmcloud.local.artifacts import engine_double
 from llmcloud.local.stack import DOUBLE_MODEL, LABEL
 from llmcloud.progress import Progress
 
@@ -55,7 +56,7 @@ def chat_ui():
     progress = Progress("chat UI image")
     cache = image.IMAGE_CACHE
     base = image.ensure(progress)
-    double, _ = engine_double.ensure(client, progress, cache)
+    double, _ = engine_double().ensure(client, progress, cache)
     ref, _ = peers.open_webui(client, progress, base, cache)
     _remove(client)
     labels = {LABEL: NAME}
