@@ -7,5 +7,5 @@ They are real hosts for Ansible (systemd, sshd, apt, nftables, Docker inside), r
 - ``settings.py``: the flags as a stack config, through ``contract.role_vars``, plus the reviewed overlay;
 - ``hosts.py``, ``idp.py``: the host containers and the identity provider;
 - ``artifacts.py``, ``image.py``, ``peers/``, ``engine_ollama.py``: the images they run, built here from
-  pinned sources and cached (the engine TEST DOUBLE's build is beside its source, tests/fixtures/engine-double).
+  pinned sources and cached (the engine TEST DOUBLE's build: beside its source, tests/fixtures/engine-double).
 """
