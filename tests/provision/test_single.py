@@ -10,8 +10,8 @@ import pytest
 import yaml
 from pulumi.automation import CommandError
 
+from testbed.automation import Lines
 from tests.integration.helpers import free_port
-from tests.provision.conftest import Lines
 from tests.provision.readback import ingress_rules, inventory_view, newest_image, stack_resources, user_data
 
 PREFIX = "llm-example"

@@ -10,7 +10,8 @@ import pytest
 import yaml
 from pulumi.automation import CommandError
 
-from tests.provision.conftest import RESTIC_PASSWORD, Lines
+from testbed.automation import Lines
+from tests.provision.conftest import RESTIC_PASSWORD
 from tests.provision.readback import ingress_rules, inventory_view, newest_image, stack_resources
 
 PREFIX = "llm-example-split"
