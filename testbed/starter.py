@@ -322,7 +322,7 @@ class ServiceStarter(Launcher):
         sw = self.configs.etc / "swift"
         builder = str(self.bin / "swift-ring-builder")
         for kind in ("account", "container", "object"):
-            port = getattr(self.p, f"swift_{kind}")
+            port = getattr(self.ports, f"swift_{kind}")
             ring = str(sw / f"{kind}.builder")
             self.check([builder, ring, "create", "8", "1", "1"], "swift ring", "swift-rings.log")
             self.check(
