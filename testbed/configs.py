@@ -95,8 +95,8 @@ class Configs:
     """Writes every service's config file below <workdir>/etc."""
 
     def __init__(self, settings: Settings):
-        self.s = settings
-        self.p = settings.ports
+        self.settings = settings
+        self.ports = settings.ports
         self.work = Path(settings.workdir)
         self.etc = self.work / "etc"
         self.data = self.work / "data"
@@ -106,33 +106,31 @@ class Configs:
 
     # -- shared pieces
     def db(self, name: str) -> str:
-        return (
-            f"mysql+pymysql://openstack:{self.s.db_password}@127.0.0.1:{self.p.mariadb}/{name}?charset=utf8"
-        )
+        return f"mysql+pymysql://openstack:{self.settings.db_password}@127.0.0.1:{self.ports.mariadb}/{name}?charset=utf8"
 
     @property
     def transport_url(self) -> str:
-        return f"rabbit://openstack:{self.s.rabbit_password}@127.0.0.1:{self.p.rabbitmq}/"
+        return f"rabbit://openstack:{self.settings.rabbit_password}@127.0.0.1:{self.ports.rabbitmq}/"
 
     @property
     def memcached(self) -> str:
-        return f"127.0.0.1:{self.p.memcached}"
+        return f"127.0.0.1:{self.ports.memcached}"
 
     def service_auth(self, user: str, **extra: Any) -> dict[str, Any]:
         return {
-            "auth_url": f"http://127.0.0.1:{self.p.keystone}",
+            "auth_url": f"http://127.0.0.1:{self.ports.keystone}",
             "auth_type": "password",
             "project_domain_name": "Default",
             "user_domain_name": "Default",
             "project_name": "service",
             "username": user,
-            "password": self.s.service_password,
+            "password": self.settings.service_password,
             **extra,
         }
 
     def authtoken(self, user: str) -> dict[str, Any]:
         return {
-            "www_authenticate_uri": f"http://127.0.0.1:{self.p.keystone}",
+            "www_authenticate_uri": f"http://127.0.0.1:{self.ports.keystone}",
             **self.service_auth(user),
             "service_token_roles_required": True,
             "memcached_servers": self.memcached,
@@ -382,7 +380,7 @@ class Configs:
         return {
             "DEFAULT": {
                 "bind_ip": "127.0.0.1",
-                "bind_port": getattr(self.p, f"swift_{kind}"),
+                "bind_port": getattr(self.ports, f"swift_{kind}"),
                 "workers": 0,
                 "devices": self.data / "swift" / "node",
                 "mount_check": False,
@@ -399,7 +397,7 @@ class Configs:
         return {
             "DEFAULT": {
                 "bind_ip": "127.0.0.1",
-                "bind_port": self.p.swift_proxy,
+                "bind_port": self.ports.swift_proxy,
                 "workers": 0,
                 "swift_dir": self.etc / "swift",
                 "log_name": "proxy-server",
@@ -428,7 +426,7 @@ class Configs:
                     "pid-file": self.run / "mysqld.daemonpid",
                     "log-error": self.logs / "mysqld.log",
                     "bind-address": "127.0.0.1",
-                    "port": self.p.mariadb,
+                    "port": self.ports.mariadb,
                     "skip-name-resolve": 1,
                     "max_connections": 1000,
                     # Throwaway data: no durability, fast schema migrations.
