@@ -13,7 +13,7 @@ ENGINE_ARG = $(if $(ENGINE),--engine $(ENGINE))
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv base-image local up converge verify status monitor down backup restore backup-drill lint unit molecule integration \
+.PHONY: help venv base-image local up converge verify versions status monitor down backup restore backup-drill lint unit molecule integration \
 	cloud-prepare provision real-engine test bench
 
 help: ## list the targets
@@ -47,6 +47,9 @@ converge: venv ## re-run site.yml on $(INVENTORY)
 
 verify: venv ## run the testinfra checks (tests/infra) against $(INVENTORY)
 	$(BIN)/llmcloud verify -i $(INVENTORY)
+
+versions: venv ## every pinned component (images, Python, Go modules, peers), its version and where it is pinned
+	$(BIN)/llmcloud versions
 
 status: venv ## show the local hosts
 	$(BIN)/llmcloud local status --stack $(STACK)

@@ -7,6 +7,7 @@ llmcloud local open-webui                    build the chat UI's local image (Op
 llmcloud local down | status [--json | --api-key]
 llmcloud converge [-i inventory/<stack>]
 llmcloud verify   [-i inventory/<stack>]
+llmcloud versions [--json]                   every pinned component, its version and where it is pinned
 
 The local OpenStack cloud the tests provision on is the test bed's: `llmcloud-testbed` (testbed/README.md).
 """
@@ -50,6 +51,8 @@ def parser() -> argparse.ArgumentParser:
             default=DEFAULT_INVENTORY_ROOT / "local",
             help="inventory directory (default: inventory/local)",
         )
+    versions = sub.add_parser("versions", help="every pinned component, its version and where it is pinned")
+    versions.add_argument("--json", action="store_true", help="machine-readable output")
     watch = sub.add_parser("status", help="the deployment on one screen, from its Prometheus")
     watch.add_argument(
         "-i",
@@ -243,6 +246,12 @@ def _dispatch(args) -> int:
         return 0
     if args.command == "verify":
         return verify.verify(args.inventory)
+    if args.command == "versions":
+        from llmcloud import versions
+
+        found = versions.pins()
+        print(json.dumps(versions.as_dicts(found), indent=2) if args.json else versions.render(found))
+        return 0
     if args.command == "status":
         from llmcloud import status
 

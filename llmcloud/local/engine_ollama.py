@@ -28,13 +28,15 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
+from llmcloud.contract import role_default
 from llmcloud.errors import UserError
 from llmcloud.local import peers, system
 
 HERE = Path(__file__).parent / "ollama"
 REPOSITORY = "llmcloud/ollama"
-#: The upstream release the image is built from, and its module checksum (go.sum's h1: line).
-OLLAMA_VERSION = "v0.17.4"
+#: The upstream release the image is built from (the role's pin of the Ollama image: one home), and its module
+#: checksum (go.sum's h1: line), which must change with it.
+OLLAMA_VERSION = "v" + role_default("llm_engine", "llm_engine_images")["ollama"].rsplit(":", 1)[1]
 OLLAMA_MODULE = "github.com/ollama/ollama"
 OLLAMA_MODULE_SUM = "h1:X3KNm9x4BlHqk/AXMGtC7pBAFd46nmJmy8yDaBZLo9s="
 #: miniaudio 0.11.25 (llama.cpp's multimodal helper needs its 0.11 API): pyminiaudio 1.71's sdist on PyPI.

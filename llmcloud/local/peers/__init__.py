@@ -18,11 +18,14 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from llmcloud.contract import role_default
 from llmcloud.errors import UserError
 from llmcloud.local import system
 
 HERE = Path(__file__).parent
-OAUTH2_PROXY_VERSION = "v7.15.6"
+#: The versions the local stack builds are the ones the roles deploy: read from their image pins (one home);
+#: tests/unit/test_versions.py holds the module pins (go.mod, requirements.txt) to them.
+OAUTH2_PROXY_VERSION = role_default("oauth2_proxy", "oauth2_proxy_image").rsplit(":", 1)[1]
 
 
 def recipe_hash(directory: Path, *extra: str, files: tuple[str, ...] | None = None) -> str:
@@ -210,7 +213,7 @@ def _build_from_pypi(
     client.images.build(path=str(context), tag=ref, rm=True, buildargs={"BASE": base_ref}, timeout=timeout)
 
 
-OPEN_WEBUI_VERSION = "v0.12.4"
+OPEN_WEBUI_VERSION = role_default("open_webui", "open_webui_image").rsplit(":", 1)[1]
 #: Wheels the closure in open-webui/requirements.txt was resolved for (Debian 12: glibc 2.36, Python 3.11.2).
 _MANYLINUX = (
     "manylinux2014_x86_64",
