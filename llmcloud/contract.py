@@ -2,9 +2,9 @@
 
 - **The topology plan**: which hosts a stack has, their names and groups. The names are the same on every
   target (OpenStack VMs and local containers): ``llm1`` is the single host, ``edge1`` and ``llm1..N`` split.
-- **The shared values**: ports the cloud opens for the roles, where the data volume is mounted, the login
-  user.
-  Where a role owns a default (a port), it is read from the role's ``defaults/main.yml``: one home.
+- **The shared values**: ports the cloud opens for the roles, where the data volume and a backup share are
+  mounted, the login user. What a role owns (its ports, its paths) is read from the role's
+  ``defaults/main.yml``: one home.
 - **The mapping** from the typed stack config (``config.StackConfig``) to the roles' inventory variables:
   ``role_vars()``. ``provision/program.py`` (OpenStack) and ``local/`` (containers) both call it; a stack
   setting becomes a role variable here and nowhere else.
@@ -29,10 +29,6 @@ if TYPE_CHECKING:  # config imports this module for the roles' defaults
 
 #: The login user on every host, made by cloud-init (OpenStack) or the base image (local).
 DEPLOY_USER = "deploy"
-#: Where the engine VMs' data volume (model cache) is mounted.
-DATA_MOUNT = "/srv/llmcloud"
-#: Where the restic role mounts a Manila backup share (its restic_nfs_mount default).
-NFS_MOUNT = "/mnt/llmcloud-backup"
 EDGE_GROUP, ENGINE_GROUP = "edge", "llm"
 
 
@@ -46,6 +42,10 @@ def role_default(role: str, name: str) -> Any:
     return role_defaults(role)[name]
 
 
+#: Where the engine VMs' data volume (model cache) is mounted: where role llm_engine keeps its models.
+DATA_MOUNT: str = role_default("llm_engine", "llm_engine_data_dir")
+#: Where the restic role mounts a Manila backup share.
+NFS_MOUNT: str = role_default("restic", "restic_nfs_mount")
 #: The ports the cloud opens between the VMs, as the roles listen on them.
 ENGINE_PORT: int = role_default("llm_engine", "llm_engine_port")
 NODE_EXPORTER_PORT: int = role_default("node_exporter", "node_exporter_port")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ IMAGES_MOUNT = "/srv/llmcloud-images"
 ENGINE_DOUBLE = REPO_ROOT / "tests" / "fixtures" / "engine-double"
 
 
+@functools.cache
 def engine_double():
     """The engine TEST DOUBLE's build module (tests/fixtures/engine-double/build.py)."""
     spec = importlib.util.spec_from_file_location("llmcloud_engine_double_build", ENGINE_DOUBLE / "build.py")

@@ -149,10 +149,9 @@ def overlay(stack: LocalStack, built: Images, network: LocalNetwork) -> dict[str
 
 
 def group_vars(
-    stack: LocalStack, built: Images, network: LocalNetwork, deploy_public_key: str, secrets: dict[str, str]
+    stack: LocalStack, built: Images, network: LocalNetwork, cfg: config.StackConfig
 ) -> dict[str, Any]:
-    """The roles' variables of a local stack: the mapping of its stack config, then the overlay."""
-    cfg = stack_config(stack, built, network, deploy_public_key, secrets)
+    """The roles' variables of a local stack: the mapping of its stack config, then overlay()."""
     engines = [name for name, groups in stack.hosts() if contract.ENGINE_GROUP in groups]
     settings = {**contract.role_vars(cfg, engines), **overlay(stack, built, network)}
     if "llmcloud_extra_models" in settings:

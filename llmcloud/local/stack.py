@@ -287,7 +287,7 @@ class LocalStack:
             ssh_private_key_file=str(ssh_dir / "deploy_ed25519"),
             known_hosts_file=str(ssh_dir / "known_hosts"),
             strict_host_key_checking="yes",
-            vars=settings.group_vars(self, self._built, network, deploy_pub, secret_values),
+            vars=settings.group_vars(self, self._built, network, cfg),
         )
         return inv, settings.secret_vars(cfg, secret_values["oauth2_proxy_api_keys"])
 

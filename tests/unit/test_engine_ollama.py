@@ -15,7 +15,8 @@ DEPLOY_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHfM4yWq5c4D3R1lDXRQ8+0Ww7nXbP
 
 
 def role_vars(plan: LocalStack) -> dict:
-    return settings.group_vars(plan, plan._built, NETWORK, DEPLOY_KEY, plan._secrets())
+    cfg = settings.stack_config(plan, plan._built, NETWORK, DEPLOY_KEY, plan._secrets())
+    return settings.group_vars(plan, plan._built, NETWORK, cfg)
 
 
 @pytest.fixture
