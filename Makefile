@@ -70,8 +70,8 @@ backup-drill: venv ## back up, restore into a scratch dir on each host, compare 
 	$(BIN)/ansible-playbook -i $(INVENTORY) backup-drill.yml
 
 lint: venv ## ruff, yamllint, ansible-lint (production profile)
-	$(BIN)/ruff check . roles/restic/files/llmcloud-restic roles/oauth2_proxy/files/llmcloud-authz
-	$(BIN)/ruff format --check . roles/restic/files/llmcloud-restic roles/oauth2_proxy/files/llmcloud-authz
+	$(BIN)/ruff check . roles/restic/files/llmcloud-restic roles/oauth2_proxy/files/llmcloud-authz roles/nginx/files/llmcloud-usage
+	$(BIN)/ruff format --check . roles/restic/files/llmcloud-restic roles/oauth2_proxy/files/llmcloud-authz roles/nginx/files/llmcloud-usage
 	$(BIN)/yamllint --strict .
 	$(BIN)/ansible-lint --profile production --offline
 
