@@ -51,6 +51,13 @@ def parser() -> argparse.ArgumentParser:
             default=DEFAULT_INVENTORY_ROOT / "local",
             help="inventory directory (default: inventory/local)",
         )
+    usage = sub.add_parser("usage", help="who used how many tokens (the edge's usage database)")
+    usage.add_argument("-i", "--inventory", type=Path, default=DEFAULT_INVENTORY_ROOT / "local")
+    usage.add_argument("--by", choices=("principal", "model", "day"), default="principal")
+    usage.add_argument("--since", help="7d, 30d or YYYY-MM-DD (UTC)")
+    shown = usage.add_mutually_exclusive_group()
+    shown.add_argument("--json", action="store_true")
+    shown.add_argument("--csv", action="store_true")
     versions = sub.add_parser("versions", help="every pinned component, its version and where it is pinned")
     versions.add_argument("--json", action="store_true", help="machine-readable output")
     watch = sub.add_parser("status", help="the deployment on one screen, from its Prometheus")
@@ -246,6 +253,17 @@ def _dispatch(args) -> int:
         return 0
     if args.command == "verify":
         return verify.verify(args.inventory)
+    if args.command == "usage":
+        from llmcloud import usage
+
+        rows = usage.fetch(args.inventory, args.by, usage.since_date(args.since))
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        elif args.csv:
+            print(usage.as_csv(rows, args.by), end="")
+        else:
+            print(usage.render(rows, args.by))
+        return 0
     if args.command == "versions":
         from llmcloud import versions
 

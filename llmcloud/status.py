@@ -63,6 +63,18 @@ class Target:
     hostvars: dict[str, dict[str, Any]]
 
 
+def target_edge(inventory_dir: Path) -> str:
+    """The (first) edge host of an inventory: where the usage database is."""
+    hosts = inventory.require(inventory_dir)
+    import yaml
+
+    edge = (yaml.safe_load(hosts.read_text()) or {}).get("all", {}).get("children", {}).get("edge", {})
+    names = list((edge or {}).get("hosts") or {})
+    if not names:
+        raise UserError(f"the inventory {inventory_dir} has no host in group edge", "provision the stack")
+    return names[0]
+
+
 def target(inventory_dir: Path) -> Target:
     from llmcloud.converge import venv_on_path
 
