@@ -66,7 +66,7 @@ def fetch(inventory_dir: Path, by: str, since: str | None) -> list[dict[str, Any
 def with_cost(
     rows: list[dict[str, Any]], cost_per_hour: float | None, hours: float | None
 ) -> list[dict[str, Any]]:
-    """Each row's share of what the VMs cost over the period (share of tokens, times hours, times cost per hour)."""
+    """Each row's share of what the VMs cost over the period: share of tokens, hours, cost per hour."""
     if cost_per_hour is None or hours is None:
         return rows
     return [{**r, "cost": round(r["share"] * cost_per_hour * hours, 2)} for r in rows]
