@@ -17,7 +17,9 @@ kind, model and port, and where the data volume is.
 from __future__ import annotations
 
 import functools
+import importlib.util
 from dataclasses import dataclass
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import yaml
@@ -40,6 +42,16 @@ def role_defaults(role: str) -> dict[str, Any]:
 
 def role_default(role: str, name: str) -> Any:
     return role_defaults(role)[name]
+
+
+@functools.cache
+def role_plugin(role: str, module: str) -> ModuleType:
+    """A role's filter plugin module, for rules the stack config checks the same way as the role."""
+    path = REPO_ROOT / "roles" / role / "filter_plugins" / f"{module}.py"
+    spec = importlib.util.spec_from_file_location(f"llmcloud_role_{role}_{module}", path)
+    loaded = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loaded)
+    return loaded
 
 
 #: Where the engine VMs' data volume (model cache) is mounted: where role llm_engine keeps its models.
@@ -132,6 +144,10 @@ def role_vars(cfg: StackConfig, engine_hosts: list[str]) -> dict[str, Any]:
         "monitoring_alert_email_smarthost": cfg.monitoring.alert_smarthost,
         "nginx_admin_emails": list(cfg.monitoring.admins),
         "nginx_admin_groups": list(cfg.monitoring.admin_groups),
+        "nginx_usage_enabled": cfg.usage.enabled,
+        "nginx_usage_retention_days": cfg.usage.retention_days,
+        "nginx_usage_quotas": cfg.quotas.role_form() if cfg.quotas else None,
+        "nginx_usage_alert_fraction": cfg.quotas.alert_at if cfg.quotas else None,
         "open_webui_enabled": cfg.chat_ui.enabled,
         "open_webui_admin_email": cfg.chat_ui.admin,
         # Off unless the user turned them on: the role's default (off) has one home.

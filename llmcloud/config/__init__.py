@@ -48,6 +48,7 @@ from llmcloud.config.parts import (
     TlsMode,
     Topology,
 )
+from llmcloud.config.quotas import Quotas, Usage
 
 __all__ = [
     "Auth",
@@ -115,6 +116,9 @@ class StackConfig(_Model):
     backup: Backup = Backup()
     monitoring: Monitoring = Monitoring()
     chat_ui: ChatUi = ChatUi()
+    #: Quotas per person, group and API key (role nginx: 429 past one); needs usage accounting.
+    quotas: Quotas | None = None
+    usage: Usage = Usage()
     #: Run Ansible and the checks after the VMs exist.
     configure: bool = True
     #: Seconds `pulumi up` waits for each VM's SSH and cloud-init before it fails.
@@ -224,6 +228,8 @@ class StackConfig(_Model):
                 "chatUi needs an admin: set chatUi.admin (an e-mail the login lets in), or "
                 "monitoring.admins or auth.allowedEmails, or turn the chat UI off with chatUi.enabled: false"
             )
+        if self.quotas is not None and self.usage.enabled is False:
+            problems.append("quotas need usage accounting: remove usage.enabled: false, or the quotas")
         if self.oauth_client_secret is None:
             problems.append("oauthClientSecret is required: pulumi config set --secret oauthClientSecret ...")
         if self.cookie_secret is not None and len(self.cookie_secret.get_secret_value()) not in (16, 24, 32):

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from llmcloud import REPO_ROOT
+from llmcloud import contract
 from llmcloud.config import ConfigError, StackConfig, parse
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHk3sT2nqYw2ygq2aBQ7KJ5Jc8LkQn3d9bVhW8n5Yx1k alice@laptop"
@@ -259,6 +260,7 @@ def test_schema_is_the_one_source_of_settings():
         "oauthClientSecret",
         "keypairName",
         "sshPrivateKeyFile",  # commented out in the example: it must name a file on this machine
+        "quotas",  # commented out in the example: no quotas unless set
     }
 
 
@@ -280,3 +282,42 @@ def test_chat_ui_admin_comes_from_the_stack_or_is_not_needed_when_off():
     assert "open_webui_admin_email" not in group_vars(cfg) and "open_webui_enabled" not in group_vars(cfg)
     off = group_vars(parse(with_(chatUi={"enabled": False})))
     assert off["open_webui_enabled"] is False
+
+
+def test_quotas_reach_the_edge_in_the_roles_form_and_mistakes_are_named():
+    cfg = parse(
+        {
+            **BASE,
+            "quotas": {
+                "default": {"tokensPerDay": 1000, "tokensPer30Days": 20000},
+                "groups": {"students": {"tokensPerDay": 500}},
+                "people": {"PI@Example.org": {"tokensPerDay": None}},
+                "keys": {"ci": {"requestsPerDay": 10}},
+                "exempt": ["admin@example.org", "key:monitor"],
+                "alertAt": 0.8,
+            },
+        }
+    )
+    wired = contract.role_vars(cfg, ["llm1"])
+    assert wired["nginx_usage_quotas"] == {
+        "default": {"tokens_per_day": 1000, "tokens_per_30_days": 20000},
+        "groups": {"students": {"tokens_per_day": 500}},
+        "people": {"PI@Example.org": {"tokens_per_day": None}},  # the role keeps e-mails in lower case
+        "keys": {"ci": {"requests_per_day": 10}},
+        "exempt": ["admin@example.org", "key:monitor"],
+    }
+    assert wired["nginx_usage_alert_fraction"] == 0.8
+    assert "nginx_usage_enabled" not in wired  # unset: the role's default
+    for bad, named in [
+        ({"default": {"tokensPerDay": 0}}, "quotas.default.tokensPerDay"),
+        ({"default": {"tokensPerWeek": 5}}, "quotas.default.tokensPerWeek"),
+        ({"people": {"alice": {"tokensPerDay": 5}}}, "quotas.people.alice is not an e-mail"),
+        ({"keys": {"c i": {"tokensPerDay": 5}}}, "quotas.keys.c i is not an API key's name"),
+        ({"exempt": ["root"]}, "'root' is neither an e-mail nor key:<API key name>"),
+        ({"alertAt": 2}, "quotas.alertAt"),
+    ]:
+        with pytest.raises(ConfigError) as err:
+            parse({**BASE, "quotas": bad})
+        assert named in str(err.value), (bad, str(err.value))
+    with pytest.raises(ConfigError, match="quotas need usage accounting"):
+        parse({**BASE, "quotas": {"default": {"tokensPerDay": 5}}, "usage": {"enabled": False}})
