@@ -13,7 +13,7 @@ ENGINE_ARG = $(if $(ENGINE),--engine $(ENGINE))
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv base-image local up converge verify versions status monitor down backup restore backup-drill lint unit molecule integration \
+.PHONY: help venv base-image local up converge verify versions usage status monitor down backup restore backup-drill lint unit molecule integration \
 	cloud-prepare provision real-engine test bench
 
 help: ## list the targets
@@ -50,6 +50,9 @@ verify: venv ## run the testinfra checks (tests/infra) against $(INVENTORY)
 
 versions: venv ## every pinned component (images, Python, Go modules, peers), its version and where it is pinned
 	$(BIN)/llmcloud versions
+
+usage: venv ## who used how many tokens on $(INVENTORY) (USAGE_ARGS="--by model --since 7d --csv")
+	$(BIN)/llmcloud usage -i $(INVENTORY) $(USAGE_ARGS)
 
 status: venv ## show the local hosts
 	$(BIN)/llmcloud local status --stack $(STACK)

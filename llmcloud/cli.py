@@ -53,8 +53,8 @@ def parser() -> argparse.ArgumentParser:
         )
     usage = sub.add_parser("usage", help="who used how many tokens (the edge's usage database)")
     usage.add_argument("-i", "--inventory", type=Path, default=DEFAULT_INVENTORY_ROOT / "local")
-    usage.add_argument("--by", choices=("principal", "model", "day"), default="principal")
-    usage.add_argument("--since", help="7d, 30d or YYYY-MM-DD (UTC)")
+    usage.add_argument("--by", choices=("principal", "model", "day", "group"), default="principal")
+    usage.add_argument("--since", help="7d, 30d or YYYY-MM-DD (UTC days; default 30d)")
     shown = usage.add_mutually_exclusive_group()
     shown.add_argument("--json", action="store_true")
     shown.add_argument("--csv", action="store_true")
@@ -256,7 +256,7 @@ def _dispatch(args) -> int:
     if args.command == "usage":
         from llmcloud import usage
 
-        rows = usage.fetch(args.inventory, args.by, usage.since_date(args.since))
+        rows = usage.report(args.inventory, args.by, args.since)
         if args.json:
             print(json.dumps(rows, indent=2))
         elif args.csv:

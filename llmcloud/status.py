@@ -49,6 +49,8 @@ QUERIES = {
     "backup_failed": (
         "llmcloud_backup_last_failure_timestamp_seconds > llmcloud_backup_last_success_timestamp_seconds"
     ),
+    # The edge's usage accounting (role nginx: llmcloud-usage), prompt and completion tokens today (UTC).
+    "top_users_today": "topk(5, sum by (principal) (llmcloud_usage_tokens_today))",
 }
 
 
@@ -63,19 +65,8 @@ class Target:
     hostvars: dict[str, dict[str, Any]]
 
 
-def target_edge(inventory_dir: Path) -> str:
-    """The (first) edge host of an inventory: where the usage database is."""
-    hosts = inventory.require(inventory_dir)
-    import yaml
-
-    edge = (yaml.safe_load(hosts.read_text()) or {}).get("all", {}).get("children", {}).get("edge", {})
-    names = list((edge or {}).get("hosts") or {})
-    if not names:
-        raise UserError(f"the inventory {inventory_dir} has no host in group edge", "provision the stack")
-    return names[0]
-
-
-def target(inventory_dir: Path) -> Target:
+def read_inventory(inventory_dir: Path) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """(hostvars, edge hosts) of an inventory, as Ansible reads it."""
     from llmcloud.converge import venv_on_path
 
     inventory.require(inventory_dir)
@@ -88,10 +79,20 @@ def target(inventory_dir: Path) -> Target:
             f"cannot read the inventory {inventory_dir}: {run.stderr.strip()[-500:]}", "fix the file it names"
         )
     data = json.loads(run.stdout)
-    hostvars = data.get("_meta", {}).get("hostvars", {})
     edge = data.get("edge", {}).get("hosts", [])
     if not edge:
         raise UserError(f"the inventory {inventory_dir} has no host in group edge", "provision the stack")
+    return data.get("_meta", {}).get("hostvars", {}), edge
+
+
+def cost_per_hour(hostvars: dict[str, dict[str, Any]]) -> float | None:
+    """What the deployment's VMs cost per hour (costPerHour in the stack config), None when not set."""
+    costs = [float(v["llmcloud_cost_per_hour"]) for v in hostvars.values() if v.get("llmcloud_cost_per_hour")]
+    return sum(costs) if costs else None
+
+
+def target(inventory_dir: Path) -> Target:
+    hostvars, edge = read_inventory(inventory_dir)
     any_vars = next(iter(hostvars.values()), {})
     if str(any_vars.get("monitoring_enabled", True)).lower() in ("false", "no", "0"):
         raise UserError(
@@ -195,11 +196,10 @@ def summarize(raw: dict[str, list], alerts: list[dict], hostvars: dict[str, dict
         )
     ]
     tokens = _scalar(raw.get("tokens_per_second", []))
-    costs = [float(v["llmcloud_cost_per_hour"]) for v in hostvars.values() if v.get("llmcloud_cost_per_hour")]
-    cost_per_hour = sum(costs) if costs else None
+    per_hour = cost_per_hour(hostvars)
     per_million = None
-    if cost_per_hour is not None and tokens:
-        per_million = cost_per_hour / (tokens * 3600) * 1_000_000
+    if per_hour is not None and tokens:
+        per_million = per_hour / (tokens * 3600) * 1_000_000
     requests = _scalar(raw.get("requests_per_minute", []))
     errors = _scalar(raw.get("errors_per_minute", []))
     if errors is None and requests is not None:
@@ -216,8 +216,12 @@ def summarize(raw: dict[str, list], alerts: list[dict], hostvars: dict[str, dict
         "tokens_per_second": tokens,
         "gpu": any(h["gpu_memory_total_mib"] for h in hosts),
         "certificate_days_left": _scalar(raw.get("certificate_days_left", [])),
-        "cost_per_hour": cost_per_hour,
+        "cost_per_hour": per_hour,
         "cost_per_million_tokens": per_million,
+        "top_users_today": [
+            {"principal": s["metric"].get("principal", "?"), "tokens": round(_value(s))}
+            for s in sorted(raw.get("top_users_today", []), key=lambda s: -_value(s))
+        ],
         "alerts_firing": sorted({a["labels"]["alertname"] for a in alerts if a.get("state") == "firing"}),
     }
 
@@ -263,6 +267,11 @@ def render(status: dict[str, Any], stack: str) -> str:
             f"  cost              {status['cost_per_hour']:.2f}/hour; "
             f"{_num(status['cost_per_million_tokens'], '{:.2f}', 'no tokens generated')} per million tokens"
         )
+    top = status.get("top_users_today") or []
+    lines.append(
+        "  top users today   "
+        + (", ".join(f"{u['principal']} {u['tokens']} tokens" for u in top) if top else "- (no usage counted)")
+    )
     firing = status["alerts_firing"]
     lines.append(f"  alerts firing     {', '.join(firing) if firing else 'none'}")
     return "\n".join(lines)

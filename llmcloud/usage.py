@@ -1,8 +1,9 @@
-"""`llmcloud usage`: who used how many tokens, from the edge's usage database (WIP, issue 24).
+"""`llmcloud usage`: who used how many tokens, from the edge's usage database.
 
 Asks `llmcloud-usage report` on the (first) edge over SSH with the inventory's ssh_config, and shows a table
-per principal, model or day with requests, tokens in and out, each one's share of all tokens and, where the
-inventory says what the VMs cost (`llmcloud_cost_per_hour`), each one's share of that cost over the period.
+per principal (key:<name>, person:<e-mail>), model, day or group with requests, tokens in and out, each one's
+share of all tokens and, where the stack config says what the VMs cost (`costPerHour`, inventory
+`llmcloud_cost_per_hour`), each one's share of that cost over the period: share of tokens x hours x cost per hour.
 """
 
 from __future__ import annotations
@@ -18,16 +19,17 @@ from typing import Any
 
 from llmcloud.errors import UserError
 
-BY = ("principal", "model", "day")
+BY = ("principal", "model", "day", "group")
+#: The period when none is given.
+DEFAULT_SINCE = "30d"
 
 
-def since_date(value: str | None, today: dt.date | None = None) -> str | None:
-    """`7d`, `30d` or `YYYY-MM-DD` as the first day (UTC) of the report."""
-    if not value:
-        return None
+def since_date(value: str | None, today: dt.date | None = None) -> str:
+    """`7d`, `30d` or `YYYY-MM-DD` as the first day (UTC) of the report (default: the last 30 days)."""
     today = today or dt.datetime.now(dt.UTC).date()
+    value = value or DEFAULT_SINCE
     days = re.fullmatch(r"(\d{1,4})d", value)
-    if days:
+    if days and int(days.group(1)) >= 1:
         return (today - dt.timedelta(days=int(days.group(1)) - 1)).isoformat()
     try:
         return dt.date.fromisoformat(value).isoformat()
@@ -37,45 +39,68 @@ def since_date(value: str | None, today: dt.date | None = None) -> str | None:
         ) from None
 
 
-def fetch(inventory_dir: Path, by: str, since: str | None) -> list[dict[str, Any]]:
-    from llmcloud import status
+def hours_since(first_day: str, now: dt.datetime | None = None) -> float:
+    """Hours from the start of ``first_day`` (UTC) until now: the period the VMs cost money for."""
+    now = now or dt.datetime.now(dt.UTC)
+    start = dt.datetime.combine(dt.date.fromisoformat(first_day), dt.time(), dt.UTC)
+    return max(0.0, (now - start).total_seconds() / 3600)
 
-    edge = status.target_edge(inventory_dir)
+
+def fetch(edge: str, inventory_dir: Path, by: str, since: str) -> list[dict[str, Any]]:
     ssh_config = inventory_dir / "ssh_config"
-    command = ["sudo", "/usr/local/sbin/llmcloud-usage", "report", "--json", "--by", by]
-    if since:
-        command += ["--since", since]
-    run = subprocess.run(
-        [
-            "ssh",
-            *(["-F", str(ssh_config)] if ssh_config.is_file() else []),
-            *("-o", "BatchMode=yes", "-o", "ConnectTimeout=15", edge, *command),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    command = ["sudo", "/usr/local/sbin/llmcloud-usage", "report", "--json", "--by", by, "--since", since]
+    try:
+        run = subprocess.run(
+            [
+                "ssh",
+                *(["-F", str(ssh_config)] if ssh_config.is_file() else []),
+                *("-o", "BatchMode=yes", "-o", "ConnectTimeout=15", edge, *command),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    except subprocess.TimeoutExpired:
+        run = subprocess.CompletedProcess([], 255, "", "timed out after 120 s")
     if run.returncode != 0:
         raise UserError(
             f"cannot read the usage on {edge}: {run.stderr.strip()[-300:] or 'ssh failed'}",
-            f"check `ssh -F {ssh_config} {edge}`, and that the edge was converged with usage accounting",
+            f"check `ssh -F {ssh_config} {edge}`, and that the edge was converged with usage accounting "
+            "(nginx_usage_enabled)",
         )
-    return json.loads(run.stdout or "[]")
+    try:
+        return json.loads(run.stdout or "[]")
+    except ValueError:
+        raise UserError(f"{edge} answered no usage report", "converge the edge (make converge)") from None
+
+
+def report(inventory_dir: Path, by: str, since: str | None) -> list[dict[str, Any]]:
+    """The usage rows of the period, with each one's cost share where the VMs' cost is known."""
+    from llmcloud import status
+
+    hostvars, edges = status.read_inventory(inventory_dir)
+    first = since_date(since)
+    rows = fetch(edges[0], inventory_dir, by, first)
+    return with_cost(rows, status.cost_per_hour(hostvars), hours_since(first))
 
 
 def with_cost(
     rows: list[dict[str, Any]], cost_per_hour: float | None, hours: float | None
 ) -> list[dict[str, Any]]:
-    """Each row's share of what the VMs cost over the period: share of tokens, hours, cost per hour."""
+    """Each row's share of what the VMs cost over the period: share of tokens x hours x cost per hour."""
     if cost_per_hour is None or hours is None:
         return rows
     return [{**r, "cost": round(r["share"] * cost_per_hour * hours, 2)} for r in rows]
 
 
-def render(rows: list[dict[str, Any]], by: str) -> str:
-    columns = [by, "requests", "failed", "prompt_tokens", "completion_tokens", "share"] + (
+def _columns(rows: list[dict[str, Any]], by: str) -> list[str]:
+    return [by, "requests", "failed", "prompt_tokens", "completion_tokens", "share"] + (
         ["cost"] if rows and "cost" in rows[0] else []
     )
+
+
+def render(rows: list[dict[str, Any]], by: str) -> str:
+    columns = _columns(rows, by)
     table = [[str(r.get(c, "")) if c != "share" else f"{r['share']:.1%}" for c in columns] for r in rows]
     widths = [max([len(c)] + [len(row[i]) for row in table]) for i, c in enumerate(columns)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
@@ -85,10 +110,7 @@ def render(rows: list[dict[str, Any]], by: str) -> str:
 
 def as_csv(rows: list[dict[str, Any]], by: str) -> str:
     out = io.StringIO()
-    fields = [by, "requests", "failed", "prompt_tokens", "completion_tokens", "share"] + (
-        ["cost"] if rows and "cost" in rows[0] else []
-    )
-    writer = csv.DictWriter(out, fieldnames=fields, extrasaction="ignore")
+    writer = csv.DictWriter(out, fieldnames=_columns(rows, by), extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     return out.getvalue()

@@ -586,6 +586,203 @@ def test_rate_limits_count_each_api_key_on_its_own_and_say_when_to_retry(deploye
     assert call(slow["slow-a"]).status_code == 401  # revoked with the reload that the key change made
 
 
+# Usage accounting --------------------------------------------------------------------------------
+USAGE_FIELDS = ("requests", "failed", "prompt_tokens", "completion_tokens")
+
+
+def llmcloud_usage(stack: LocalStack, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "llmcloud"), "usage", "-i", str(stack.inventory_dir), *extra],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+def usage_rows(stack: LocalStack, by: str = "principal") -> dict[str, dict]:
+    run = llmcloud_usage(stack, "--json", "--by", by, "--since", "2d")
+    assert run.returncode == 0, run.stderr[-2000:]
+    return {row[by]: row for row in json.loads(run.stdout)}
+
+
+def usage_delta(stack: LocalStack, before: dict, who: str) -> tuple[int, ...]:
+    now = usage_rows(stack)
+    return tuple(now.get(who, {}).get(f, 0) - before.get(who, {}).get(f, 0) for f in USAGE_FIELDS)
+
+
+def usage_since(stack: LocalStack, before: dict, expected: dict, timeout: float = 60) -> dict:
+    """What each principal of ``expected`` used since ``before``, once it is counted (the edge counts its
+    usage log every few seconds) or the time is up."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = {who: usage_delta(stack, before, who) for who in expected}
+        if got == expected or time.monotonic() > deadline:
+            return got
+        time.sleep(2)
+
+
+def sse_events(text: str) -> list:
+    """The JSON events of a server-sent event stream ([DONE] left out)."""
+    data = [line[5:].strip() for line in text.splitlines() if line.startswith("data:")]
+    return [json.loads(d) for d in data if d != "[DONE]"]
+
+
+def test_usage_is_counted_for_whoever_asked_on_every_route_as_the_engine_reports_it(deployed):
+    """API keys, a session, a bearer JWT and the chat UI's person, on the OpenAI routes (plain and
+    streamed), TGI's routes and POST /: counted for that principal, exactly the engine's own counts; a stream
+    that did not ask for its usage is asked by the edge and the client sees no usage chunk. Then the table and
+    the CSV."""
+    stack, _ = deployed
+    status = endpoint(stack)
+    s = session(status["ca_bundle"])
+    api, root = status["openai_base_url"], status["url"]
+    name, key = f"usage-{stack.topology}", "llmc_" + uuid.uuid4().hex + uuid.uuid4().hex
+    apply_edge_role(
+        stack,
+        "oauth2_proxy",
+        oauth2_proxy_api_keys=[{"name": "demo", "key": status["api_key"]}, {"name": name, "key": key}],
+    )
+    try:
+        before = usage_rows(stack)
+        auth = {"Authorization": f"Bearer {key}"}
+        chat = {
+            "model": DOUBLE_MODEL,
+            "messages": [{"role": "user", "content": "how many tokens are in this prompt"}],
+            "max_tokens": 5,
+        }
+        mine = [0, 0, 0, 0]
+
+        def add(prompt: int, completion: int) -> None:
+            mine[0] += 1
+            mine[2] += prompt
+            mine[3] += completion
+
+        plain = s.post(api + "/chat/completions", json=chat, headers=auth, timeout=30).json()["usage"]
+        add(plain["prompt_tokens"], plain["completion_tokens"])
+        # Streamed without asking for usage: the edge asks the engine, counts it, and withholds that chunk.
+        streamed = s.post(api + "/chat/completions", json={**chat, "stream": True}, headers=auth, timeout=30)
+        events = sse_events(streamed.text)
+        assert events and all(e["choices"] for e in events), streamed.text[-500:]
+        assert streamed.text.rstrip().endswith("data: [DONE]")
+        add(plain["prompt_tokens"], plain["completion_tokens"])  # the same request: the same counts
+        asked = {**chat, "stream": True, "stream_options": {"include_usage": True}}
+        shown = sse_events(s.post(api + "/chat/completions", json=asked, headers=auth, timeout=30).text)
+        assert shown[-1]["choices"] == [] and shown[-1]["usage"] == plain  # asked for: the client gets it
+        add(plain["prompt_tokens"], plain["completion_tokens"])
+        completion = {"model": DOUBLE_MODEL, "prompt": "one two three", "max_tokens": 4}
+        used = s.post(api + "/completions", json=completion, headers=auth, timeout=30).json()["usage"]
+        add(used["prompt_tokens"], used["completion_tokens"])
+        tgi = {"inputs": "one two three four", "parameters": {"max_new_tokens": 3}}
+        for url in (root + "generate", root):
+            answer = s.post(url, json=tgi, headers=auth, timeout=30)
+            assert answer.status_code == 200, answer.text
+            add(int(answer.headers["x-prompt-tokens"]), int(answer.headers["x-generated-tokens"]))
+        stream = sse_events(s.post(root + "generate_stream", json=tgi, headers=auth, timeout=30).text)
+        add(stream[-1]["details"]["input_length"], stream[-1]["details"]["generated_tokens"])
+        embed = {"model": DOUBLE_MODEL, "input": "de.NBI cloud"}
+        vectors = s.post(api + "/embeddings", json=embed, headers=auth, timeout=30)
+        add(vectors.json()["usage"]["prompt_tokens"], 0)
+
+        # People: a session (the browser's cookie) and a bearer JWT, each their own principal.
+        alice, _ = browser_login(status, "alice")
+        assert alice.post(api + "/chat/completions", json=chat, timeout=30).status_code == 200
+        jwt = {"Authorization": f"Bearer {idp_token(status, CLIENT_ID, 'bob')}"}
+        assert s.post(api + "/chat/completions", json=chat, headers=jwt, timeout=30).status_code == 200
+        one_chat = (1, 0, plain["prompt_tokens"], plain["completion_tokens"])
+        expected = {
+            f"key:{name}": tuple(mine),
+            "person:alice@example.org": one_chat,
+            "person:bob@example.org": one_chat,
+        }
+        assert usage_since(stack, before, expected) == expected
+        if stack.chat_ui:  # the chat UI acting for alice: counted for her, whatever it adds to the prompt
+            before = usage_rows(stack)
+            signin = alice.post(root + "api/v1/auths/signin", json={"email": "", "password": ""}, timeout=60)
+            token = {"Authorization": f"Bearer {signin.json()['token']}"}
+            body = {"model": DOUBLE_MODEL, "messages": [{"role": "user", "content": "Hi"}], "stream": False}
+            assert alice.post(root + "api/chat/completions", headers=token, json=body, timeout=120).ok
+            deadline = time.monotonic() + 60
+            while (got := usage_delta(stack, before, "person:alice@example.org"))[0] < 1:
+                assert time.monotonic() < deadline, "the chat UI's request was never counted for alice"
+                time.sleep(2)
+            requests, failed, prompt, completion = got
+            assert requests == 1 and failed == 0 and prompt > 0 and completion > 0, got
+
+        table = llmcloud_usage(stack)
+        assert table.returncode == 0 and f"key:{name}" in table.stdout, table.stderr
+        assert table.stdout.splitlines()[0].split()[:2] == ["principal", "requests"]
+        import csv
+
+        rows = list(csv.DictReader(llmcloud_usage(stack, "--csv", "--since", "1d").stdout.splitlines()))
+        counted = {r["principal"]: r for r in rows}
+        assert int(counted[f"key:{name}"]["requests"]) >= mine[0]
+        assert abs(sum(float(r["share"]) for r in rows) - 1) < 0.01
+        groups = usage_rows(stack, by="group")
+        assert groups["llm-users"]["requests"] >= 2  # alice and bob are in llm-users (the login's groups)
+    finally:
+        apply_edge_role(stack, "oauth2_proxy")
+
+
+def test_a_quota_refuses_its_principal_only_and_says_when_it_resets(deployed):
+    """A key past its tokens per day gets 429 with Retry-After and a JSON body naming the quota, its limit and
+    the reset; another key and a person go on; a quota setting that names no e-mail is refused by name."""
+    stack, _ = deployed
+    if stack.topology != "single":
+        pytest.skip("one topology is enough: quotas live in the edge's nginx")
+    status = endpoint(stack)
+    s = session(status["ca_bundle"])
+    chats = status["openai_base_url"] + "/chat/completions"
+    keys = {name: "llmc_" + uuid.uuid4().hex + uuid.uuid4().hex for name in ("quota-a", "quota-b")}
+    chat = {"model": DOUBLE_MODEL, "messages": [{"role": "user", "content": "count me"}], "max_tokens": 3}
+
+    def call(key: str):
+        return s.post(chats, json=chat, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+
+    apply_edge_role(
+        stack,
+        "oauth2_proxy",
+        oauth2_proxy_api_keys=[{"name": "demo", "key": status["api_key"]}]
+        + [{"name": n, "key": k} for n, k in keys.items()],
+    )
+    try:
+        before = usage_rows(stack)
+        first = call(keys["quota-a"]).json()["usage"]
+        used = first["total_tokens"]
+        counted = {"key:quota-a": (1, 0, first["prompt_tokens"], first["completion_tokens"])}
+        assert usage_since(stack, before, counted) == counted
+        apply_edge_role(stack, "nginx", nginx_usage_quotas={"keys": {"quota-a": {"tokens_per_day": used}}})
+        deadline = time.monotonic() + 40
+        while (refused := call(keys["quota-a"])).status_code != 429:
+            assert time.monotonic() < deadline, "the key past its quota was never refused"
+            time.sleep(2)
+        body = refused.json()
+        midnight = (int(time.time()) // 86400 + 1) * 86400
+        assert body["error"] == "quota_exceeded" and body["quota"] == "tokens_per_day"
+        assert body["limit"] == used and body["used"] >= used
+        assert body["resets_at"] == time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(midnight))
+        assert abs(int(refused.headers["Retry-After"]) - (midnight - time.time())) < 60
+        assert call(keys["quota-b"]).status_code == 200  # another key: untouched
+        assert call(status["api_key"]).status_code == 200
+        edge = next(name for name, groups in stack.hosts() if "edge" in groups)
+        wrong = subprocess.run(
+            [
+                *("ansible", edge, "-i", str(stack.inventory_dir), "-m", "ansible.builtin.include_role"),
+                *("-a", "name=nginx", "-e", json.dumps({"nginx_usage_quotas": {"people": {"alice": {}}}})),
+            ],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert wrong.returncode != 0
+        named = "nginx_usage_quotas.people.alice is not an e-mail address"
+        assert named in wrong.stdout, wrong.stdout[-2000:]
+    finally:
+        apply_edge_role(stack, "oauth2_proxy")
+        apply_edge_role(stack, "nginx")
+    assert call(status["api_key"]).status_code == 200
+
+
 def flood(send, count: int, workers: int = 8) -> tuple[list, float]:
     """The answers of `count` calls of send(i), `workers` at a time, and the seconds they took."""
     began = time.monotonic()

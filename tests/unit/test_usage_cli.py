@@ -1,4 +1,4 @@
-"""`llmcloud usage` (WIP, issue 24): periods, the table and the CSV, without a stack."""
+"""`llmcloud usage`: periods, the table, the CSV and the cost share, without a stack."""
 
 from __future__ import annotations
 
@@ -34,9 +34,12 @@ def test_periods_are_days_or_a_date_and_anything_else_names_the_flag():
     assert usage.since_date("7d", today) == "2026-11-26"
     assert usage.since_date("1d", today) == "2026-12-02"
     assert usage.since_date("2026-11-01", today) == "2026-11-01"
-    assert usage.since_date(None, today) is None
-    with pytest.raises(UserError, match="--since"):
-        usage.since_date("last week", today)
+    assert usage.since_date(None, today) == "2026-11-03"  # the last 30 days
+    for wrong in ("last week", "0d"):
+        with pytest.raises(UserError, match="--since"):
+            usage.since_date(wrong, today)
+    noon = dt.datetime(2026, 12, 2, 12, tzinfo=dt.UTC)
+    assert usage.hours_since("2026-12-01", noon) == 36
 
 
 def test_table_csv_and_cost_share():
