@@ -137,11 +137,12 @@ test: venv ## lint, unit, molecule, integration, provision and the real engine: 
 	  echo "== make real-engine (exit $$real), from .cache/real-engine.log:"; tail -n 40 .cache/real-engine.log; \
 	  test $$integration -eq 0 -a "$$provision" = 0 -a "$$real" = 0
 
-bench: venv ## print timings: first make local before/after, make local, no-op converge; engine roles and recovery; edge overhead; backups; OpenStack
+bench: venv ## print timings: first make local before/after, make local, no-op converge; engine roles and recovery; edge overhead; usage accounting; backups; OpenStack
 	$(BIN)/python bench/first_local.py
 	$(BIN)/python bench/timings.py
 	$(BIN)/python bench/engine.py
 	$(BIN)/python bench/edge.py
+	$(BIN)/python bench/usage.py
 	$(BIN)/python bench/routing.py
 	$(BIN)/python bench/real_engine.py
 	$(BIN)/python bench/backup.py

@@ -12,7 +12,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -23,7 +22,15 @@ from pathlib import Path
 import pytest
 import yaml
 from cryptography import x509
-from helpers import endpoint
+from helpers import (
+    apply_edge_role,
+    endpoint,
+    llmcloud_usage,
+    sse_events,
+    usage_delta,
+    usage_rows,
+    usage_since,
+)
 
 from llmcloud import REPO_ROOT, converge, inventory, verify
 from llmcloud.local import hosts, system
@@ -502,34 +509,6 @@ def test_bearer_jwts_right_audience_only_signed_only_unexpired_only(deployed):
 SITE = yaml.safe_load((REPO_ROOT / "vars" / "site.yml").read_text())
 
 
-def apply_edge_role(stack: LocalStack, role: str, **overrides) -> None:
-    edge = next(name for name, groups in stack.hosts() if "edge" in groups)
-    if role == "nginx":
-        overrides = {**stack.nginx_site_vars(), **overrides}
-    with tempfile.NamedTemporaryFile("w", suffix=".json") as extra:
-        json.dump(overrides, extra)
-        extra.flush()
-        run = subprocess.run(
-            [
-                "ansible",
-                edge,
-                "-i",
-                str(stack.inventory_dir),
-                "-m",
-                "ansible.builtin.include_role",
-                "-a",
-                f"name={role}",
-                "-e",
-                f"@{extra.name}",
-            ],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-    assert run.returncode == 0, run.stdout[-3000:]
-
-
 def test_api_keys_are_added_and_revoked_by_rerunning_the_role(deployed):
     stack, _ = deployed
     status = endpoint(stack)
@@ -587,46 +566,6 @@ def test_rate_limits_count_each_api_key_on_its_own_and_say_when_to_retry(deploye
 
 
 # Usage accounting --------------------------------------------------------------------------------
-USAGE_FIELDS = ("requests", "failed", "prompt_tokens", "completion_tokens")
-
-
-def llmcloud_usage(stack: LocalStack, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(Path(sys.executable).parent / "llmcloud"), "usage", "-i", str(stack.inventory_dir), *extra],
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-
-
-def usage_rows(stack: LocalStack, by: str = "principal") -> dict[str, dict]:
-    run = llmcloud_usage(stack, "--json", "--by", by, "--since", "2d")
-    assert run.returncode == 0, run.stderr[-2000:]
-    return {row[by]: row for row in json.loads(run.stdout)}
-
-
-def usage_delta(stack: LocalStack, before: dict, who: str) -> tuple[int, ...]:
-    now = usage_rows(stack)
-    return tuple(now.get(who, {}).get(f, 0) - before.get(who, {}).get(f, 0) for f in USAGE_FIELDS)
-
-
-def usage_since(stack: LocalStack, before: dict, expected: dict, timeout: float = 60) -> dict:
-    """What each principal of ``expected`` used since ``before``, once it is counted (the edge counts its
-    usage log every few seconds) or the time is up."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = {who: usage_delta(stack, before, who) for who in expected}
-        if got == expected or time.monotonic() > deadline:
-            return got
-        time.sleep(2)
-
-
-def sse_events(text: str) -> list:
-    """The JSON events of a server-sent event stream ([DONE] left out)."""
-    data = [line[5:].strip() for line in text.splitlines() if line.startswith("data:")]
-    return [json.loads(d) for d in data if d != "[DONE]"]
-
-
 def test_usage_is_counted_for_whoever_asked_on_every_route_as_the_engine_reports_it(deployed):
     """API keys, a session, a bearer JWT and the chat UI's person, on the OpenAI routes (plain and
     streamed), TGI's routes and POST /: counted for that principal, exactly the engine's own counts; a stream

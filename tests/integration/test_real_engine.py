@@ -30,6 +30,7 @@ pytestmark = pytest.mark.integration
 MODEL = engine_ollama.MODEL_NAME
 # A second model beside Ollama (an engine TEST DOUBLE): the edge routes by the request's "model" field.
 SECOND = "llmcloud/second-double"
+USAGE = ("requests", "failed", "prompt_tokens", "completion_tokens")
 
 
 @pytest.fixture(scope="module")
@@ -263,3 +264,101 @@ def engine_role(stack: LocalStack, settings: dict) -> subprocess.CompletedProces
         text=True,
         timeout=600,
     )
+
+
+def test_usage_and_a_quota_on_the_real_engine_survive_reload_restart_and_restore(deployed):
+    """Two keys and two people (a session, a bearer JWT), plain and streamed: `llmcloud usage` shows exactly
+    the engine's own counts; a quota of N tokens a day refuses its key past N with the reset time while the
+    others go on; the counts survive an nginx reload, a host restart and a restore from the backup."""
+    import uuid
+
+    from helpers import apply_edge_role, sse_events, usage_rows, usage_since
+
+    from llmcloud.local import hosts
+    from llmcloud.local.login import browser_login, session
+    from llmcloud.local.login import id_token as idp_token
+    from llmcloud.local.stack import CLIENT_ID
+
+    stack, _ = deployed
+    status = endpoint(stack)
+    s = session(status["ca_bundle"])
+    chats = status["openai_base_url"] + "/chat/completions"
+    keys = {name: "llmc_" + uuid.uuid4().hex + uuid.uuid4().hex for name in ("usage-a", "usage-b")}
+    apply_edge_role(
+        stack,
+        "oauth2_proxy",
+        oauth2_proxy_api_keys=[{"name": "demo", "key": status["api_key"]}]
+        + [{"name": n, "key": k} for n, k in keys.items()],
+    )
+    alice, _ = browser_login(status, "alice")
+    callers = {
+        "key:usage-a": (s, {"Authorization": f"Bearer {keys['usage-a']}"}),
+        "key:usage-b": (s, {"Authorization": f"Bearer {keys['usage-b']}"}),
+        "person:alice@example.org": (alice, {}),
+        "person:bob@example.org": (s, {"Authorization": f"Bearer {idp_token(status, CLIENT_ID, 'bob')}"}),
+    }
+    ask = {"model": MODEL, "temperature": 0, "seed": 7, "max_tokens": 6}
+    before = usage_rows(stack)
+    expected = {}
+    for number, (who, (client, headers)) in enumerate(callers.items()):
+        messages = [{"role": "user", "content": "Tell me about the de.NBI cloud " + "please " * number}]
+        plain = client.post(chats, json={**ask, "messages": messages}, headers=headers, timeout=120).json()
+        # Streamed without asking for usage: the edge asks Ollama for it; the client gets no usage chunk.
+        streamed = client.post(
+            chats, json={**ask, "messages": messages, "stream": True}, headers=headers, timeout=120
+        )
+        events = sse_events(streamed.text)
+        assert all(e["choices"] and e.get("usage") is None for e in events), events[-1]
+        assert events[-1]["choices"][0]["finish_reason"] == "length"  # so it made max_tokens tokens
+        usage = plain["usage"]
+        expected[who] = (2, 0, 2 * usage["prompt_tokens"], usage["completion_tokens"] + ask["max_tokens"])
+    # Asked for by the client: it sees Ollama's own usage, and the same is counted.
+    asked = {**ask, "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    asked["stream_options"] = {"include_usage": True}
+    client, headers = callers["key:usage-a"]
+    shown = sse_events(client.post(chats, json=asked, headers=headers, timeout=120).text)[-1]["usage"]
+    r, f, p, c = expected["key:usage-a"]
+    expected["key:usage-a"] = (r + 1, f, p + shown["prompt_tokens"], c + shown["completion_tokens"])
+    assert usage_since(stack, before, expected) == expected
+
+    sh(stack, "systemctl reload nginx")
+    assert usage_since(stack, before, expected, timeout=5) == expected
+    container = system.docker_client().containers.get(stack.container_name("llm1"))
+    container.restart(timeout=30)
+    hosts.wait_ready(container, "llm1")
+    assert usage_since(stack, before, expected, timeout=5) == expected
+
+    # A quota of what key usage-b has used today: refused with the reset time; the others go on.
+    used_b = usage_rows(stack)["key:usage-b"]
+    tokens_b = used_b["prompt_tokens"] + used_b["completion_tokens"]
+    apply_edge_role(stack, "nginx", nginx_usage_quotas={"keys": {"usage-b": {"tokens_per_day": tokens_b}}})
+    try:
+        hi = {**ask, "messages": [{"role": "user", "content": "hi"}]}
+        deadline = time.monotonic() + 60
+        while (
+            refused := s.post(chats, json=hi, headers=callers["key:usage-b"][1], timeout=120)
+        ).status_code != 429:
+            assert time.monotonic() < deadline, f"usage-b was never refused: {refused.status_code}"
+            time.sleep(2)
+        assert refused.json()["quota"] == "tokens_per_day" and refused.json()["limit"] == tokens_b
+        assert 0 < int(refused.headers["Retry-After"]) <= 86400
+        for who in ("key:usage-a", "person:alice@example.org"):
+            client, headers = callers[who]
+            assert client.post(chats, json=hi, headers=headers, timeout=120).status_code == 200, who
+    finally:
+        apply_edge_role(stack, "nginx")
+
+    # Backed up, lost, restored: the counts come back from the backup's consistent copy.
+    counted = usage_rows(stack)
+    sh(stack, "systemctl start llmcloud-backup.service")
+    sh(stack, "systemctl stop llmcloud-usage.timer && rm /var/lib/llmcloud/usage/usage.db")
+    restore = subprocess.run(
+        ["ansible-playbook", "-i", str(stack.inventory_dir), "restore.yml"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert restore.returncode == 0, restore.stdout[-3000:]
+    back = {who: tuple(counted[who][f] for f in USAGE) for who in callers}
+    assert usage_since(stack, {}, back, timeout=60) == back
