@@ -55,6 +55,11 @@ def parser() -> argparse.ArgumentParser:
     usage.add_argument("-i", "--inventory", type=Path, default=DEFAULT_INVENTORY_ROOT / "local")
     usage.add_argument("--by", choices=("principal", "model", "day", "group"), default="principal")
     usage.add_argument("--since", help="7d, 30d or YYYY-MM-DD (UTC days; default 30d)")
+    usage.add_argument(
+        "--reveal",
+        metavar="FILE",
+        help="with pseudonymous records: show these people (one e-mail per line; - for stdin) by e-mail",
+    )
     shown = usage.add_mutually_exclusive_group()
     shown.add_argument("--json", action="store_true")
     shown.add_argument("--csv", action="store_true")
@@ -256,7 +261,7 @@ def _dispatch(args) -> int:
     if args.command == "usage":
         from llmcloud import usage
 
-        rows = usage.report(args.inventory, args.by, args.since)
+        rows = usage.report(args.inventory, args.by, args.since, args.reveal)
         if args.json:
             print(json.dumps(rows, indent=2))
         elif args.csv:

@@ -146,6 +146,7 @@ def role_vars(cfg: StackConfig, engine_hosts: list[str]) -> dict[str, Any]:
         "nginx_admin_groups": list(cfg.monitoring.admin_groups),
         "nginx_usage_enabled": cfg.usage.enabled,
         "nginx_usage_retention_days": cfg.usage.retention_days,
+        "nginx_usage_pseudonymous": cfg.usage.pseudonymous,
         "nginx_usage_quotas": cfg.quotas.role_form() if cfg.quotas else None,
         "nginx_usage_alert_fraction": cfg.quotas.alert_at if cfg.quotas else None,
         "open_webui_enabled": cfg.chat_ui.enabled,

@@ -270,7 +270,11 @@ def render(status: dict[str, Any], stack: str) -> str:
     top = status.get("top_users_today") or []
     lines.append(
         "  top users today   "
-        + (", ".join(f"{u['principal']} {u['tokens']} tokens" for u in top) if top else "- (no usage counted)")
+        + (
+            ", ".join(f"{u['principal']} {u['tokens']} tokens" for u in top)
+            if top
+            else "- (no usage counted)"
+        )
     )
     firing = status["alerts_firing"]
     lines.append(f"  alerts firing     {', '.join(firing) if firing else 'none'}")

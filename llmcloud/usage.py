@@ -3,7 +3,8 @@
 Asks `llmcloud-usage report` on the (first) edge over SSH with the inventory's ssh_config, and shows a table
 per principal (key:<name>, person:<e-mail>), model, day or group with requests, tokens in and out, each one's
 share of all tokens and, where the stack config says what the VMs cost (`costPerHour`, inventory
-`llmcloud_cost_per_hour`), each one's share of that cost over the period: share of tokens x hours x cost per hour.
+`llmcloud_cost_per_hour`), each one's share of that cost over the period: share of tokens x hours x cost per
+hour.
 """
 
 from __future__ import annotations
@@ -46,9 +47,14 @@ def hours_since(first_day: str, now: dt.datetime | None = None) -> float:
     return max(0.0, (now - start).total_seconds() / 3600)
 
 
-def fetch(edge: str, inventory_dir: Path, by: str, since: str) -> list[dict[str, Any]]:
+def fetch(
+    edge: str, inventory_dir: Path, by: str, since: str, reveal: list[str] | None = None
+) -> list[dict[str, Any]]:
+    """The report of the edge's llmcloud-usage; ``reveal``: e-mails to show for their pseudonyms (sent on
+    stdin, never in a command line)."""
     ssh_config = inventory_dir / "ssh_config"
     command = ["sudo", "/usr/local/sbin/llmcloud-usage", "report", "--json", "--by", by, "--since", since]
+    command += ["--reveal"] if reveal else []
     try:
         run = subprocess.run(
             [
@@ -56,6 +62,7 @@ def fetch(edge: str, inventory_dir: Path, by: str, since: str) -> list[dict[str,
                 *(["-F", str(ssh_config)] if ssh_config.is_file() else []),
                 *("-o", "BatchMode=yes", "-o", "ConnectTimeout=15", edge, *command),
             ],
+            input="\n".join(reveal or []),
             capture_output=True,
             text=True,
             timeout=120,
@@ -74,13 +81,31 @@ def fetch(edge: str, inventory_dir: Path, by: str, since: str) -> list[dict[str,
         raise UserError(f"{edge} answered no usage report", "converge the edge (make converge)") from None
 
 
-def report(inventory_dir: Path, by: str, since: str | None) -> list[dict[str, Any]]:
+def emails(path: str | None) -> list[str] | None:
+    """The e-mails of a file (one per line; '-': stdin) for --reveal."""
+    if path is None:
+        return None
+    import sys
+
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    except OSError as err:
+        raise UserError(f"--reveal {path}: {err.strerror}", "name a file with one e-mail per line") from None
+    found = [line.strip() for line in text.splitlines() if "@" in line]
+    if not found:
+        raise UserError(f"--reveal {path}: no e-mail address in it", "one e-mail per line")
+    return found
+
+
+def report(
+    inventory_dir: Path, by: str, since: str | None, reveal: str | None = None
+) -> list[dict[str, Any]]:
     """The usage rows of the period, with each one's cost share where the VMs' cost is known."""
     from llmcloud import status
 
     hostvars, edges = status.read_inventory(inventory_dir)
     first = since_date(since)
-    rows = fetch(edges[0], inventory_dir, by, first)
+    rows = fetch(edges[0], inventory_dir, by, first, emails(reveal))
     return with_cost(rows, status.cost_per_hour(hostvars), hours_since(first))
 
 

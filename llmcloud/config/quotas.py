@@ -69,6 +69,8 @@ class Usage(_Model):
 
     #: Unset: on (role nginx's nginx_usage_enabled); false: no usage log, no quotas.
     enabled: bool | None = None
+    #: Record people by a keyed hash of their e-mail (`llmcloud usage --reveal` shows the ones you name).
+    pseudonymous: bool | None = None
     #: Days kept; unset: role nginx's nginx_usage_retention_days (13 months).
     retention_days: int | None = Field(default=None, ge=1, le=3650)
 

@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llmcloud import REPO_ROOT
-from llmcloud import contract
+from llmcloud import REPO_ROOT, contract
 from llmcloud.config import ConfigError, StackConfig, parse
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHk3sT2nqYw2ygq2aBQ7KJ5Jc8LkQn3d9bVhW8n5Yx1k alice@laptop"

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import importlib.machinery
 import importlib.util
-import datetime as dt
 import json
 import os
 import sqlite3
@@ -80,9 +80,11 @@ def test_groups_come_from_the_login_and_from_chats_sent_through_the_chat_ui(tmp_
     db = _ingest(
         tmp_path,
         [
-            f"{NOON} 200 person:Alice@Example.org m 3 5 llm-users,lab%20a\n",  # a session: oauth2-proxy's groups
+            # A session: the groups oauth2-proxy names.
+            f"{NOON} 200 person:Alice@Example.org m 3 5 llm-users,lab%20a\n",
             f"{NOON} seen person:carol@example.org students\n",  # a chat sent through the chat UI
-            f"{NOON + 1} 200 person:carol@example.org m 4 4 -\n",  # the chat UI's request: groups unknown there
+            # The chat UI's request: no groups known on the engines' listener.
+            f"{NOON + 1} 200 person:carol@example.org m 4 4 -\n",
             f"{NOON + 2} 200 key:ci m 1 1 -\n",
         ],
     )
@@ -136,7 +138,10 @@ def test_over_quota_names_the_quota_its_limit_and_when_it_resets(tmp_path):
     tomorrow = int(dt.datetime(2026, 12, 3, tzinfo=dt.UTC).timestamp())
     alice = json.loads(over["person:alice@example.org"]["body"])
     assert alice["quota"] == "tokens_per_day" and alice["limit"] == 100 and alice["used"] == 110
-    assert alice["resets_at"] == "2026-12-03T00:00:00Z" and over["person:alice@example.org"]["resets"] == tomorrow
+    assert (
+        alice["resets_at"] == "2026-12-03T00:00:00Z"
+        and over["person:alice@example.org"]["resets"] == tomorrow
+    )
     assert json.loads(over["key:ci"]["body"])["quota"] == "requests_per_day"
     dave = json.loads(over["person:dave@example.org"]["body"])
     # The 30-day window [d-29, d] drops the day 3 days ago (11-29) on 12-29: 1010 - 950 = 60 < 1000.
@@ -160,11 +165,18 @@ def test_ingest_writes_the_over_quota_list_and_metrics_and_forgets_past_the_rete
     assert oct(tool.OVER.stat().st_mode & 0o777) == "0o640"
     assert [r["principal"] for r in tool.report(db)] == ["person:alice@example.org"]  # 20 days old: gone
     text = tool.METRICS.read_text()
-    assert 'llmcloud_usage_tokens_today{principal="person:alice@example.org",model="m",kind="prompt"} 60' in text
-    assert 'llmcloud_usage_quota_used_ratio{principal="person:alice@example.org",quota="tokens_per_day"} 1.1' in text
+    assert (
+        'llmcloud_usage_tokens_today{principal="person:alice@example.org",model="m",kind="prompt"} 60' in text
+    )
+    assert (
+        'llmcloud_usage_quota_used_ratio{principal="person:alice@example.org",quota="tokens_per_day"} 1.1'
+        in text
+    )
     assert "llmcloud_usage_quota_alert_ratio 0.5" in text
     # A quota raised: the next run lets her in again.
-    (tmp_path / "quotas.json").write_text(json.dumps({"people": {"alice@example.org": {"tokens_per_day": 1000}}}))
+    (tmp_path / "quotas.json").write_text(
+        json.dumps({"people": {"alice@example.org": {"tokens_per_day": 1000}}})
+    )
     tool.run_ingest(db, now=NOON + 1)
     assert json.loads(tool.OVER.read_text()) == {}
 
@@ -175,3 +187,23 @@ def test_the_backup_copy_is_a_whole_database(tmp_path):
     copy = sqlite3.connect(tmp_path / "backup" / "usage.db")
     assert copy.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     assert totals(copy) == totals(db)
+
+
+def test_pseudonyms_are_the_edges_keyed_hash_quotas_find_them_and_reveal_maps_them_back(tmp_path):
+    import hashlib
+    import hmac
+
+    key = b"k" * 43
+    mark = "person:~" + hmac.new(key, b"alice@example.org", hashlib.sha256).hexdigest()[:16]
+    assert tool.person(" Alice@Example.org ", key) == mark  # what llmcloud-auth.js computes
+    assert tool.person("Alice@Example.org") == "person:alice@example.org"
+    quotas = {"people": {"alice@example.org": {"tokens_per_day": 7}}, "exempt": ["bob@example.org"]}
+    assert tool.limits(quotas, mark, [], key)["tokens_per_day"] == 7
+    assert tool.exempt(quotas, tool.person("bob@example.org", key), key)
+    db = _ingest(tmp_path, [f"{NOON} 200 {mark} m 5 5 -\n"])
+    assert list(tool.over_quota(tool.standing(db, quotas, TODAY, key))) == [mark]
+    rows = tool.reveal(tool.report(db), "principal", ["alice@example.org", "carol@example.org"], key)
+    assert rows[0]["principal"] == "person:alice@example.org"
+    (tmp_path / "key").write_bytes(key + b"\n")
+    assert tool.pseudonym_key({"pseudonymous": True}, tmp_path / "key") == key
+    assert tool.pseudonym_key({}, tmp_path / "key") is None
