@@ -1217,8 +1217,8 @@ async function tryRead(name, path, init) {
 
 def test_chat_ui_in_a_real_browser(deployed):
     """Chromium opens the endpoint: alice signs in at the identity provider, lands in Open WebUI's chat (no
-    second password), sends a prompt and sees the engine's streamed reply appear; mallory is refused at the
-    login. Screenshot: chat-ui-single.png in the artifacts."""
+    second password), sends a prompt and sees the engine's streamed reply appear, and that chat's usage is
+    counted for her; mallory is refused at the login. Screenshot: chat-ui-single.png in the artifacts."""
     from browser import artifacts, chromium, serve_page, sign_in_at_the_mock_provider, spki_pin
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -1234,6 +1234,7 @@ def test_chat_ui_in_a_real_browser(deployed):
     # institute would be: it tries to read the chat UI with the person's cookies.
     own = status["url"].rstrip("/")
     attacker, attacker_pin, attacker_server = serve_page(CROSS_ORIGIN_PAGE.replace("OWN", own))
+    before = usage_rows(stack)
     driver = chromium(f"{pin},{attacker_pin}")
     shot = artifacts() / f"chat-ui-{stack.topology}.png"
     try:
@@ -1257,6 +1258,12 @@ def test_chat_ui_in_a_real_browser(deployed):
             shot.with_suffix(".html").write_text(driver.page_source)
         assert driver.current_url.startswith(status["url"]), driver.current_url
         assert "Say hello to the summer school" in driver.find_element(By.TAG_NAME, "body").text
+        # Her chat (and whatever Open WebUI asks the engine beside it, such as a title) counts for her.
+        deadline = time.monotonic() + 60
+        while (used := usage_delta(stack, before, "person:alice@example.org"))[0] < 1:
+            assert time.monotonic() < deadline, "alice's chat in the browser was never counted for her"
+            time.sleep(2)
+        assert used[1] == 0 and used[2] > 0 and used[3] > 0, used
         # Signed in, alice visits the other page: every read of the chat UI fails in her browser.
         driver.get(attacker)
         WebDriverWait(driver, 60).until(lambda d: d.title.startswith("done"))
