@@ -1611,3 +1611,79 @@ def test_a_model_from_a_file_is_served_with_no_outbound_connection(deployed, tmp
         back = engine_role({})
         assert back.returncode == 0, back.stdout[-2000:]
     assert DOUBLE_MODEL in engine_args()
+
+
+def client_loop(status: dict, stop: threading.Event, results: list, worker: int) -> None:
+    """One client of the endpoint (the openai client, no retries), streamed or not, about 2 requests a second,
+    below the rate limits: (start, ok, error) of each request into ``results``."""
+    from openai import DefaultHttpxClient, OpenAI
+
+    with DefaultHttpxClient(verify=status["ca_bundle"], trust_env=False, timeout=60) as http:
+        client = OpenAI(
+            base_url=status["openai_base_url"], api_key=status["api_key"], http_client=http, max_retries=0
+        )
+        ask = {"model": DOUBLE_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+        while not stop.is_set():
+            began = time.monotonic()
+            try:
+                if worker % 2:
+                    chunks = list(client.chat.completions.create(stream=True, **ask))
+                    assert chunks and chunks[-1].choices[0].finish_reason == "length"
+                else:
+                    assert client.chat.completions.create(**ask).choices[0].message.content
+                results.append((began, True, ""))
+            except Exception as error:  # every failure counts, whatever it is
+                results.append((began, False, repr(error)[:300]))
+            time.sleep(max(0.0, 0.5 - (time.monotonic() - began)))
+
+
+def test_an_engine_change_rolls_through_the_engine_hosts_without_a_failed_request(deployed, record_property):
+    """Four clients (two streamed) keep asking while site.yml changes an engine setting: with two engine hosts
+    they are restarted one at a time out of the edge's pools, and not one request fails; with one, requests
+    fail only while its engine restarts (the play says so first)."""
+    stack, _ = deployed
+    status = endpoint(stack)
+    stop, results = threading.Event(), []
+    tokens = 3000 + int(time.time()) % 1000  # a value no converge before this one used
+    with ThreadPoolExecutor(4) as pool:
+        clients = [pool.submit(client_loop, status, stop, results, i) for i in range(4)]
+        try:
+            time.sleep(3)
+            began = time.monotonic()
+            run = subprocess.run(
+                [
+                    *("ansible-playbook", "-i", str(stack.inventory_dir), "site.yml"),
+                    *("-e", f"llm_engine_max_total_tokens={tokens}"),
+                ],
+                cwd=REPO_ROOT,
+                capture_output=True,
+                text=True,
+                timeout=1200,
+            )
+            took = time.monotonic() - began
+            time.sleep(3)
+        finally:
+            stop.set()
+        for client in clients:
+            client.result()
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert "Engine changes that restart an engine" in run.stdout
+    failed = [r for r in results if not r[1]]
+    record_property("engine_change_converge_s", round(took, 1))
+    record_property("engine_change_requests", len(results))
+    record_property("engine_change_failed", len(failed))
+    engines = [name for name, groups in stack.hosts() if "llm" in groups]
+    host = engines[0]
+    container = system.docker_client().containers.get(stack.container_name(host))
+    args = container.exec_run(["docker", "inspect", "-f", "{{json .Args}}", "llm-engine"]).output.decode()
+    assert str(tokens) in args, args  # the change was made
+    summary = f"{took:.1f}s, {len(failed)} of {len(results)} requests failed"
+    if len(engines) > 1:
+        print(f"\n  engine setting change rolling over {len(engines)} engine hosts: {summary}")
+        assert not failed, failed[:5]
+    else:
+        outage = (max(r[0] for r in failed) - min(r[0] for r in failed)) if failed else 0.0
+        record_property("engine_change_outage_s", round(outage, 1))
+        print(f"\n  engine setting change with one engine host: {summary}, within {outage:.1f}s")
+        assert "is the only engine host" in run.stdout
+        assert all(began <= r[0] <= began + took for r in failed), failed[:5]  # only while it restarted
