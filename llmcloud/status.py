@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import subprocess
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -49,6 +50,8 @@ QUERIES = {
     "backup_failed": (
         "llmcloud_backup_last_failure_timestamp_seconds > llmcloud_backup_last_success_timestamp_seconds"
     ),
+    # Hosts an upgrade left waiting for a reboot (role node_exporter's reboot check), and since when.
+    "reboot_required_since": "llmcloud_reboot_required_since_timestamp_seconds > 0",
     # The edge's usage accounting (role nginx: llmcloud-usage), prompt and completion tokens today (UTC).
     "top_users_today": "topk(5, sum by (principal) (llmcloud_usage_tokens_today))",
 }
@@ -170,6 +173,7 @@ def summarize(raw: dict[str, list], alerts: list[dict], hostvars: dict[str, dict
     gpu_total = by_host("gpu_memory_total_mib")
     backups = by_host("backup_age_hours")
     failed = set(by_host("backup_failed"))
+    reboots = by_host("reboot_required_since")
     hosts = []
     for s in sorted(raw.get("hosts_up", []), key=lambda s: s["metric"].get("host", "")):
         name = s["metric"].get("host", "?")
@@ -182,6 +186,7 @@ def summarize(raw: dict[str, list], alerts: list[dict], hostvars: dict[str, dict
                 "gpu_memory_total_mib": gpu_total.get(name),
                 "backup_age_hours": backups.get(name),
                 "backup_failed": name in failed,
+                "reboot_required_since": reboots.get(name),
             }
         )
     engines = [
@@ -248,6 +253,9 @@ def render(status: dict[str, Any], stack: str) -> str:
         backup = "no backup yet" if age is None else f"last backup {age:.1f} h ago"
         if h["backup_failed"]:
             backup += " (LAST RUN FAILED)"
+        since = h.get("reboot_required_since")
+        if since:
+            backup += f"; WAITS FOR A REBOOT since {time.strftime('%Y-%m-%d %H:%M', time.gmtime(since))} UTC"
         lines.append(f"    {h['host']:<12} {'up' if h['up'] else 'DOWN':<5} {gpu}; {backup}")
     lines.append("  engines")
     for e in status["engines"] or [{"host": "-", "engine": None, "model": None, "ready": False}]:

@@ -33,6 +33,8 @@ RAW = {
     "certificate_days_left": [sample(61.4)],
     "backup_age_hours": [sample(3.5, host="llm1"), sample(30, host="edge1")],
     "backup_failed": [sample(1700000000, host="edge1")],
+    "reboot_required_since": [sample(1764806400, host="llm1")],
+    "top_users_today": [sample(1200, principal="key:ci"), sample(45000, principal="person:alice@uni.de")],
 }
 ALERTS = [
     {"labels": {"alertname": "LlmcloudEngineDown"}, "state": "firing"},
@@ -87,6 +89,8 @@ def test_one_screen_names_what_is_wrong():
     assert "120.0 requests/min, 6.0 errors/min" in text and "p95 2.50 s" in text
     assert "certificate 61 days left" in text and "3.10/hour" in text
     assert "alerts firing     LlmcloudEngineDown" in text
+    assert "llm1         up    GPU 87 %" in text and "WAITS FOR A REBOOT since 2025-12-04 00:00 UTC" in text
+    assert "top users today   person:alice@uni.de 45000 tokens, key:ci 1200 tokens" in text
     assert len(text.splitlines()) < 25
 
 
