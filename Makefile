@@ -13,7 +13,7 @@ ENGINE_ARG = $(if $(ENGINE),--engine $(ENGINE))
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv base-image local up converge verify versions usage status monitor down backup restore backup-drill lint unit molecule integration \
+.PHONY: help venv base-image local up converge verify versions usage reboot status monitor down backup restore backup-drill lint unit molecule integration \
 	cloud-prepare provision real-engine test bench
 
 help: ## list the targets
@@ -68,6 +68,9 @@ backup: venv ## back up every host of $(INVENTORY) now (restic, the daily timer'
 
 restore: venv ## restore $(INVENTORY) from its backups (SNAPSHOT=latest or an id, LIMIT=host), then converge
 	$(BIN)/ansible-playbook -i $(INVENTORY) restore.yml -e restic_restore_snapshot=$(or $(SNAPSHOT),latest) $(if $(LIMIT),-l $(LIMIT))
+
+reboot: venv ## reboot the hosts of $(INVENTORY) that wait for one after upgrades, one at a time, engines first (ARGS="-e llmcloud_reboot_all=true")
+	$(BIN)/ansible-playbook -i $(INVENTORY) reboot.yml $(ARGS)
 
 backup-drill: venv ## back up, restore into a scratch dir on each host, compare every file; fails on a difference
 	$(BIN)/ansible-playbook -i $(INVENTORY) backup-drill.yml

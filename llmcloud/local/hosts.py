@@ -96,6 +96,8 @@ def start(
         hostname=name,
         detach=True,
         stop_signal="SIGRTMIN+3",  # systemd's clean shutdown
+        # A reboot inside (systemctl reboot, reboot.yml) comes back as a VM does; `docker stop` stays stopped.
+        restart_policy={"Name": "unless-stopped"},
         labels=stack.labels(name),
         cap_add=CAPABILITIES,
         security_opt=["seccomp=unconfined", "apparmor=unconfined"],

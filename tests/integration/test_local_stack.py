@@ -1687,3 +1687,55 @@ def test_an_engine_change_rolls_through_the_engine_hosts_without_a_failed_reques
         print(f"\n  engine setting change with one engine host: {summary}, within {outage:.1f}s")
         assert "is the only engine host" in run.stdout
         assert all(began <= r[0] <= began + took for r in failed), failed[:5]  # only while it restarted
+
+
+def test_engine_hosts_waiting_for_a_reboot_are_rebooted_one_at_a_time_without_a_failed_request(
+    deployed, record_property
+):
+    """Upgrades left both engine hosts waiting for a reboot (the mark forced): reboot.yml reboots them one
+    at a time, each out of the edge's pools, while four clients keep asking: not one request fails."""
+    stack, _ = deployed
+    engines = [name for name, groups in stack.hosts() if "llm" in groups and "edge" not in groups]
+    if len(engines) < 2:
+        pytest.skip("the split stack has two engine hosts behind its edge")
+    client = system.docker_client()
+    booted = {}
+    for name in engines:
+        host = client.containers.get(stack.container_name(name))
+        assert host.exec_run(["touch", "/run/reboot-required"]).exit_code == 0
+        booted[name] = host.exec_run(["ps", "-o", "lstart=", "-p", "1"]).output
+    status = endpoint(stack)
+    stop, results = threading.Event(), []
+    with ThreadPoolExecutor(4) as pool:
+        clients = [pool.submit(client_loop, status, stop, results, i) for i in range(4)]
+        try:
+            time.sleep(3)
+            began = time.monotonic()
+            run = subprocess.run(
+                ["ansible-playbook", "-i", str(stack.inventory_dir), "reboot.yml"],
+                cwd=REPO_ROOT,
+                capture_output=True,
+                text=True,
+                timeout=1800,
+            )
+            took = time.monotonic() - began
+            time.sleep(3)
+        finally:
+            stop.set()
+        for future in clients:
+            future.result()
+    assert run.returncode == 0, run.stdout[-3000:]
+    for name in engines:
+        host = client.containers.get(stack.container_name(name))
+        assert host.exec_run(["ps", "-o", "lstart=", "-p", "1"]).output != booted[name], (
+            f"{name} not rebooted"
+        )
+        assert host.exec_run(["test", "-e", "/run/reboot-required"]).exit_code != 0
+    # One batch per engine host: never two of them out at once.
+    assert run.stdout.count("TASK [Reboot]") == len(engines), run.stdout[-3000:]
+    failed = [r for r in results if not r[1]]
+    record_property("reboot_engines_s", round(took, 1))
+    record_property("reboot_engines_failed", len(failed))
+    summary = f"{took:.1f}s, {len(failed)} of {len(results)} requests failed"
+    print(f"\n  {len(engines)} engine hosts rebooted one at a time: {summary}")
+    assert not failed, failed[:5]
