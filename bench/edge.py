@@ -71,9 +71,14 @@ class Host:
         self.sh("sh", "-c", f"printf '%s' '{json.dumps(body)}' > {path}")
 
     def ab(
-        self, url: str, headers: dict[str, str], concurrency: int, body: str = "/tmp/bench-body.json"
+        self,
+        url: str,
+        headers: dict[str, str],
+        concurrency: int,
+        body: str = "/tmp/bench-body.json",
+        n: int | None = None,
     ) -> dict:
-        n = min(20000, max(2000, 40 * concurrency))
+        n = n or min(20000, max(2000, 40 * concurrency))
         argv = ["ab", "-k", "-l", "-q", "-n", str(n), "-c", str(concurrency), "-s", "60"]
         argv += ["-p", body, "-T", "application/json", "-e", "/tmp/bench.csv"]
         for name, value in headers.items():

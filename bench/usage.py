@@ -4,7 +4,7 @@
 
 The load comes from inside the edge host (ApacheBench, keep-alive, as bench/edge.py), with an API key:
   plain       a chat completion, max_tokens 1, not streamed (the body filter reads the answer's end)
-  streamed    the same, streamed with max_tokens 16 and no stream_options: with accounting the router reads
+  streamed    the same, streamed with max_tokens 4 and no stream_options: with accounting the router reads
               the body and asks the engine for its usage, and the body filter withholds that chunk
 each with accounting (nginx_usage_enabled: true, the default) and without (false), alternating per repeat so a
 busy moment of the machine hits both. Figures: medians of --repeat runs. Then what accounting adds beside
@@ -33,7 +33,9 @@ from llmcloud.local.stack import DOUBLE_MODEL, LocalStack, load  # noqa: E402
 from llmcloud.progress import Progress  # noqa: E402
 
 PLAIN = {"model": DOUBLE_MODEL, "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}
-STREAMED = {**PLAIN, "max_tokens": 16, "stream": True}
+STREAMED = {**PLAIN, "max_tokens": 4, "stream": True}
+# The engine TEST DOUBLE streams a token every 5 ms: fewer streamed requests one at a time.
+COUNT = {("streamed", 1): 400}
 WORKERS_KB = "ps -C nginx -o rss=,args= | awk '/worker/ {s += $1} END {print s}'"
 
 
@@ -50,16 +52,15 @@ with open(sys.argv[1] + "/usage.log", "w") as log:
         log.write(f"{{now + i / 1000:.3f}} 200 key:bench{{i % 50}} m{{i % 3}} 12 34 -\\n")
 EOF
 cat > "$d/run.py" <<'EOF'
-import importlib.machinery, importlib.util, pathlib, sys, time
+import importlib.machinery, importlib.util, pathlib, resource, sys, time
 loader = importlib.machinery.SourceFileLoader("u", "/usr/local/sbin/llmcloud-usage")
 u = importlib.util.module_from_spec(importlib.util.spec_from_loader("u", loader))
 loader.exec_module(u)
 d = pathlib.Path(sys.argv[1]); began = time.monotonic()
 u.ingest(u.connect(d / "usage.db"), d / "usage.log")
-print(time.monotonic() - began)
+print(time.monotonic() - began, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 EOF
-/usr/bin/time -f "%M" -o "$d/peak" python3 "$d/run.py" "$d" > "$d/took"
-echo "$(cat $d/took) $(cat $d/peak) $(stat -c %s $d/usage.db)"
+echo "$(python3 "$d/run.py" "$d") $(stat -c %s $d/usage.db)"
 rm -rf "$d"
 """
     took, peak, size = host.sh("bash", "-c", script).split()
@@ -102,7 +103,8 @@ def main() -> int:
                     edge_settings(stack, nginx_usage_enabled=accounting == "with", **UNLIMITED)
                     for kind in ("plain", "streamed"):
                         for c in levels:
-                            result = host.ab(EDGE, key, c, f"/tmp/bench-{kind}.json")
+                            body = f"/tmp/bench-{kind}.json"
+                            result = host.ab(EDGE, key, c, body, COUNT.get((kind, c)))
                             runs.setdefault((kind, accounting, c), []).append(result)
                     memory[accounting].append(int(host.sh("sh", "-c", WORKERS_KB).strip() or 0))
         finally:
