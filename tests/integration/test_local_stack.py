@@ -1647,28 +1647,24 @@ def client_loop(status: dict, stop: threading.Event, results: list, worker: int)
             time.sleep(max(0.0, 0.5 - (time.monotonic() - began)))
 
 
-def test_an_engine_change_rolls_through_the_engine_hosts_without_a_failed_request(deployed, record_property):
-    """Four clients (two streamed) keep asking while site.yml changes an engine setting: with two engine hosts
-    they are restarted one at a time out of the edge's pools, and not one request fails; with one, requests
-    fail only while its engine restarts (the play says so first)."""
-    stack, _ = deployed
+def playbook_under_load(
+    stack: LocalStack, *args: str
+) -> tuple[subprocess.CompletedProcess, float, float, list]:
+    """ansible-playbook ``args`` while four clients (client_loop) keep asking: (its run, when it began, its
+    seconds, every request's (start, ok, error))."""
     status = endpoint(stack)
     stop, results = threading.Event(), []
-    tokens = 3000 + int(time.time()) % 1000  # a value no converge before this one used
     with ThreadPoolExecutor(4) as pool:
         clients = [pool.submit(client_loop, status, stop, results, i) for i in range(4)]
         try:
             time.sleep(3)
             began = time.monotonic()
             run = subprocess.run(
-                [
-                    *("ansible-playbook", "-i", str(stack.inventory_dir), "site.yml"),
-                    *("-e", f"llm_engine_max_total_tokens={tokens}"),
-                ],
+                ["ansible-playbook", "-i", str(stack.inventory_dir), *args],
                 cwd=REPO_ROOT,
                 capture_output=True,
                 text=True,
-                timeout=1200,
+                timeout=1800,
             )
             took = time.monotonic() - began
             time.sleep(3)
@@ -1676,6 +1672,17 @@ def test_an_engine_change_rolls_through_the_engine_hosts_without_a_failed_reques
             stop.set()
         for client in clients:
             client.result()
+    return run, began, took, results
+
+
+def test_an_engine_change_rolls_through_the_engine_hosts_without_a_failed_request(deployed, record_property):
+    """Four clients (two streamed) keep asking while site.yml changes an engine setting: with two engine hosts
+    they are restarted one at a time out of the edge's pools, and not one request fails; with one, requests
+    fail only while its engine restarts (the play says so first)."""
+    stack, _ = deployed
+    tokens = 3000 + int(time.time()) % 1000  # a value no converge before this one used
+    change = ("site.yml", "-e", f"llm_engine_max_total_tokens={tokens}")
+    run, began, took, results = playbook_under_load(stack, *change)
     assert run.returncode == 0, run.stdout[-3000:]
     assert "Engine changes that restart an engine" in run.stdout
     failed = [r for r in results if not r[1]]
@@ -1715,26 +1722,7 @@ def test_engine_hosts_waiting_for_a_reboot_are_rebooted_one_at_a_time_without_a_
         host = client.containers.get(stack.container_name(name))
         assert host.exec_run(["touch", "/run/reboot-required"]).exit_code == 0
         booted[name] = host.exec_run(["ps", "-o", "lstart=", "-p", "1"]).output
-    status = endpoint(stack)
-    stop, results = threading.Event(), []
-    with ThreadPoolExecutor(4) as pool:
-        clients = [pool.submit(client_loop, status, stop, results, i) for i in range(4)]
-        try:
-            time.sleep(3)
-            began = time.monotonic()
-            run = subprocess.run(
-                ["ansible-playbook", "-i", str(stack.inventory_dir), "reboot.yml"],
-                cwd=REPO_ROOT,
-                capture_output=True,
-                text=True,
-                timeout=1800,
-            )
-            took = time.monotonic() - began
-            time.sleep(3)
-        finally:
-            stop.set()
-        for future in clients:
-            future.result()
+    run, _, took, results = playbook_under_load(stack, "reboot.yml")
     assert run.returncode == 0, run.stdout[-3000:]
     for name in engines:
         host = client.containers.get(stack.container_name(name))

@@ -39,7 +39,9 @@ def test_lines_are_counted_once_across_runs_and_a_half_written_line_waits(tmp_pa
     log, db = tmp_path / "usage.log", tool.connect(tmp_path / "usage.db")
     log.write_text("".join(LINES[:2]) + LINES[2][:10])  # the third line still being written
     tool.ingest(db, log)
-    tool.ingest(db, log)  # nothing new: nothing counted twice
+    changes = db.total_changes
+    tool.ingest(db, log)  # nothing new: nothing counted twice, and the database is not written
+    assert db.total_changes == changes
     assert totals(db) == {"key:demo": (1, 0, 3, 5), "person:alice@example.org": (1, 0, 5, 4)}
     log.write_text("".join(LINES))
     tool.ingest(tool.connect(tmp_path / "usage.db"), log)  # a new process, the same database
