@@ -167,13 +167,16 @@ def test_drill_passes_then_catches_a_changed_file(stack):
     drill = json.loads(sh(stack, SOURCE, "cat /var/lib/llmcloud/backup/drill.json")[1])
     assert drill["ok"] and drill["files"] >= 3 and drill["bytes"] >= 2_000_000
 
-    sh(
-        stack,
-        SOURCE,
-        f"cp {ADAPTER} /root/adapter.keep && printf x | dd of={ADAPTER} bs=1 seek=1000 conv=notrunc",
+    # One byte inverted: always a change (writing a fixed byte into random data left the file as it was
+    # once in 256 runs). The snapshot the drill just took is named: a backup started meanwhile is not it.
+    flip = (
+        f"f = open('{ADAPTER}', 'r+b'); f.seek(1000); b = f.read(1); f.seek(1000); "
+        "f.write(bytes([b[0] ^ 0xFF]))"
     )
+    sh(stack, SOURCE, f'cp {ADAPTER} /root/adapter.keep && python3 -c "{flip}"')
     try:
-        run = playbook(stack, "backup-drill.yml", "-e", "drill_snapshot=latest", "-l", SOURCE)
+        snapshot = f"drill_snapshot={drill['snapshot_id']}"
+        run = playbook(stack, "backup-drill.yml", "-e", snapshot, "-l", SOURCE)
         assert run.returncode != 0
         assert f"DIFFERENT {ADAPTER}: content differs" in run.stdout
         assert "restore drill FAILED" in run.stdout
