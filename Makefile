@@ -14,10 +14,11 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
 .PHONY: help venv base-image local up converge verify versions usage reboot status monitor down backup restore backup-drill lint unit molecule integration \
+	integration-single integration-split integration-backup \
 	cloud-prepare provision real-engine test bench
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-19s %s\n", $$1, $$2}'
 
 venv: $(VENV)/.installed ## create .venv from the pinned set (requirements.txt)
 
@@ -96,8 +97,21 @@ molecule: venv ## common, node_exporter, restic on their own with Molecule (side
 	  if [ "$$(cat $$rc)" != 0 ]; then echo "== $$name failed:"; tail -n 60 .cache/$$name.log; status=1; \
 	  else echo "$$name: passed"; fi; done; exit $$status
 
-integration: venv ## both topologies, edge and backups on fresh local hosts, idempotence, testinfra; torn down
-	$(BIN)/pytest -m integration --durations=15 tests/integration --ignore=tests/integration/test_real_engine.py
+# Three processes side by side (each mostly waits on SSH, apt and containers): one per topology, one for backups.
+INTEGRATION_STREAMS := integration-single integration-split integration-backup
+
+integration: venv ## both topologies, edge and backups on fresh local hosts, side by side (.cache/integration-*.log); torn down
+	$(BIN)/python -m tests.side_by_side $(INTEGRATION_STREAMS)
+
+integration-single: venv ## the single topology (and the chat UI's image on its own)
+	LLMCLOUD_TOPOLOGIES=single $(BIN)/pytest -m integration --durations=15 \
+	  tests/integration/test_local_stack.py tests/integration/test_chat_ui_image.py
+
+integration-split: venv ## the split topology (an edge and two engine hosts)
+	LLMCLOUD_TOPOLOGIES=split $(BIN)/pytest -m integration --durations=15 tests/integration/test_local_stack.py
+
+integration-backup: venv ## backups and restores (local path, S3, SFTP), their failures, the restore drill
+	$(BIN)/pytest -m integration --durations=15 tests/integration/test_backup.py
 
 real-engine: venv ## the stack on a REAL engine: Ollama built from its Go module, a tiny random model; torn down
 	$(BIN)/pytest -m integration --durations=10 tests/integration/test_real_engine.py
@@ -126,19 +140,12 @@ test: venv ## lint, unit, molecule, integration, provision and the real engine: 
 	$(MAKE) lint
 	$(MAKE) unit
 	$(MAKE) molecule
-	@# Every image both suites use, built once, before they run side by side (each is mostly waiting on
-	@# SSH, apt and containers; one after the other they took 75 of CI's 90 minutes).
+	@# Every image the suites use, built once, before they run side by side.
 	$(BIN)/llmcloud local images
-	@# Beside integration: provision, then the real engine (its image was built in the background meanwhile).
-	@rm -f .cache/provision.rc .cache/real-engine.rc
-	@( $(MAKE) provision > .cache/provision.log 2>&1; echo $$? > .cache/provision.rc; \
-	   $(MAKE) real-engine > .cache/real-engine.log 2>&1; echo $$? > .cache/real-engine.rc ) & pid=$$!; \
-	  echo "make provision, then make real-engine, started beside make integration (.cache/*.log)"; \
-	  $(MAKE) integration; integration=$$?; \
-	  wait $$pid; provision=$$(cat .cache/provision.rc); real=$$(cat .cache/real-engine.rc); \
-	  echo "== make provision (exit $$provision), from .cache/provision.log:"; tail -n 80 .cache/provision.log; \
-	  echo "== make real-engine (exit $$real), from .cache/real-engine.log:"; tail -n 40 .cache/real-engine.log; \
-	  test $$integration -eq 0 -a "$$provision" = 0 -a "$$real" = 0
+	@# Four chains side by side (each suite mostly waits on SSH, apt and containers; one after the other they
+	@# took 80 of CI's 90 minutes): each topology, the backups, and provision; the real engine after split
+	@# (its image was built in the background meanwhile).
+	$(BIN)/python -m tests.side_by_side integration-single integration-split,real-engine integration-backup provision
 
 bench: venv ## print timings: first make local before/after, make local, no-op converge; engine roles and recovery; edge overhead; usage accounting; backups; OpenStack
 	$(BIN)/python bench/first_local.py

@@ -7,6 +7,7 @@ stack is never touched, and everything is torn down afterwards, also on failure.
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import ssl
@@ -67,7 +68,20 @@ TOPOLOGIES = {
 }
 
 
-@pytest.fixture(scope="module", params=sorted(TOPOLOGIES))
+def selected_topologies() -> list[str]:
+    """LLMCLOUD_TOPOLOGIES=single (or split, or both comma-separated) runs this module on those stacks only:
+    `make integration` runs each topology in a process of its own, side by side."""
+    names = [n.strip() for n in os.environ.get("LLMCLOUD_TOPOLOGIES", ",".join(TOPOLOGIES)).split(",")]
+    unknown = [n for n in names if n not in TOPOLOGIES]
+    if unknown or not names:
+        raise pytest.UsageError(
+            f"LLMCLOUD_TOPOLOGIES={os.environ.get('LLMCLOUD_TOPOLOGIES')!r}: {unknown} unknown; "
+            f"name one or more of {sorted(TOPOLOGIES)}, comma-separated"
+        )
+    return sorted(names)
+
+
+@pytest.fixture(scope="module", params=selected_topologies())
 def deployed(request, tmp_path_factory):
     """A freshly started and converged stack: (stack, result of the first converge)."""
     name = request.param
