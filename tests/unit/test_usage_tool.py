@@ -156,6 +156,8 @@ def test_ingest_writes_the_over_quota_list_and_metrics_and_forgets_past_the_rete
     monkeypatch.setattr(tool, "QUOTAS", tmp_path / "quotas.json")
     monkeypatch.setattr(tool, "OVER", tmp_path / "gate" / "over-quota.json")
     monkeypatch.setattr(tool, "METRICS", tmp_path / "textfile" / "llmcloud_usage.prom")
+    reloads = tmp_path / "reloads"
+    monkeypatch.setattr(tool, "RELOAD_NGINX", ("sh", "-c", f"echo reload >> {reloads}"))
     (tmp_path / "textfile").mkdir()
     (tmp_path / "quotas.json").write_text(json.dumps({**QUOTAS, "retention_days": 10, "alert_fraction": 0.5}))
     tool.LOG.write_text(
@@ -164,7 +166,11 @@ def test_ingest_writes_the_over_quota_list_and_metrics_and_forgets_past_the_rete
     db = tool.connect(tmp_path / "usage.db")
     tool.run_ingest(db, now=NOON)
     assert list(json.loads(tool.OVER.read_text())) == ["person:alice@example.org"]
-    assert oct(tool.OVER.stat().st_mode & 0o777) == "0o640"
+    assert oct(tool.OVER.stat().st_mode & 0o777) == "0o600"
+    # nginx loads the list with its configuration: reloaded when it changed, and only then.
+    assert reloads.read_text().count("reload") == 1
+    tool.run_ingest(db, now=NOON)
+    assert reloads.read_text().count("reload") == 1
     assert [r["principal"] for r in tool.report(db)] == ["person:alice@example.org"]  # 20 days old: gone
     text = tool.METRICS.read_text()
     assert (
@@ -181,6 +187,7 @@ def test_ingest_writes_the_over_quota_list_and_metrics_and_forgets_past_the_rete
     )
     tool.run_ingest(db, now=NOON + 1)
     assert json.loads(tool.OVER.read_text()) == {}
+    assert reloads.read_text().count("reload") == 2
 
 
 def test_the_backup_copy_is_a_whole_database(tmp_path):
