@@ -622,6 +622,19 @@ def test_usage_is_counted_for_whoever_asked_on_every_route_as_the_engine_reports
         shown = sse_events(s.post(api + "/chat/completions", json=asked, headers=auth, timeout=30).text)
         assert shown[-1]["choices"] == [] and shown[-1]["usage"] == plain  # asked for: the client gets it
         add(plain["prompt_tokens"], plain["completion_tokens"])
+        # The same key spelled with an escape ("\u0073tream") is the same key to the engine: asked and counted
+        # too, and the client sees no usage chunk (an accounting the spelling of a key could dodge is none).
+        spelled = json.dumps({**chat, "stream": True}).replace('"stream"', '"\\u0073tream"')
+        typed = {**auth, "Content-Type": "application/json"}
+        dodged = sse_events(s.post(api + "/chat/completions", data=spelled, headers=typed, timeout=30).text)
+        assert dodged and all(e["choices"] for e in dodged), dodged[-2:]
+        add(plain["prompt_tokens"], plain["completion_tokens"])
+        # A body the edge cannot read in memory to count: 413 naming the setting, a failed request of the key.
+        huge = {**chat, "messages": [{"role": "user", "content": "x" * (5 * 1024 * 1024)}]}
+        refused = s.post(api + "/chat/completions", json=huge, headers=auth, timeout=60)
+        assert refused.status_code == 413 and "nginx_route_max_body_size" in refused.json()["detail"]
+        mine[0] += 1
+        mine[1] += 1
         completion = {"model": DOUBLE_MODEL, "prompt": "one two three", "max_tokens": 4}
         used = s.post(api + "/completions", json=completion, headers=auth, timeout=30).json()["usage"]
         add(used["prompt_tokens"], used["completion_tokens"])
