@@ -38,7 +38,7 @@ REPOSITORY = "llmcloud/ollama"
 #: checksum (go.sum's h1: line), which must change with it.
 OLLAMA_VERSION = "v" + role_default("llm_engine", "llm_engine_images")["ollama"].rsplit(":", 1)[1]
 OLLAMA_MODULE = "github.com/ollama/ollama"
-OLLAMA_MODULE_SUM = "h1:X3KNm9x4BlHqk/AXMGtC7pBAFd46nmJmy8yDaBZLo9s="
+OLLAMA_MODULE_SUM = "h1:CBZ0ffE+cxMWRWau5yD5vXHkiZHAeuxLk+3j55u0XxQ="
 #: miniaudio 0.11.25 (llama.cpp's multimodal helper needs its 0.11 API): pyminiaudio 1.71's sdist on PyPI.
 MINIAUDIO_SDIST = (
     "https://files.pythonhosted.org/packages/d8/d5/e5439dc08561f73656bfeb3340fc64ab63163e101426593d8fb9a025ff1e/"

@@ -44,7 +44,8 @@ def deployed(tmp_path_factory):
         http_port=42282,
         https_port=42245,
         idp_port=42292,
-        chat_ui=False,  # covered by the single stack of test_local_stack
+        # A person's chat in the chat UI (Chromium), counted on the real engine as Ollama reported it.
+        chat_ui=True,
         extra_models=(SECOND,),
         inventory_root=tmp_path_factory.mktemp("ollama"),
     )
@@ -264,6 +265,79 @@ def engine_role(stack: LocalStack, settings: dict) -> subprocess.CompletedProces
         text=True,
         timeout=600,
     )
+
+
+def test_a_chat_in_the_chat_ui_counts_for_its_person_exactly_as_the_engine_reported_it(deployed):
+    """Chromium: alice signs in and chats with the real engine through Open WebUI. Her chat UI asks the engine
+    for its usage (the model's "usage" capability, which alice, its admin, turns on) and keeps it with the
+    answer; its title, tag and follow-up requests are off, so the chat is one engine request: the edge counted
+    exactly that request for her, with exactly the tokens Ollama reported. Screenshot in the artifacts."""
+    import urllib.parse
+
+    from browser import artifacts, chromium, sign_in_at_the_mock_provider, spki_pin
+    from helpers import usage_delta, usage_rows
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support import expected_conditions as ready
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from llmcloud.local.login import browser_login
+
+    stack, _ = deployed
+    status = endpoint(stack)
+    root = status["url"]
+    alice, _ = browser_login(status, "alice")
+    signin = alice.post(root + "api/v1/auths/signin", json={"email": "", "password": ""}, timeout=60).json()
+    assert signin["role"] == "admin", signin["role"]  # the UI's configured admin (the edge's first admin)
+    token = {"Authorization": f"Bearer {signin['token']}"}
+    config = alice.get(root + "api/v1/tasks/config", headers=token, timeout=30).json()
+    config.update({k: False for k in config if k.startswith("ENABLE_") and k.endswith("_GENERATION")})
+    assert alice.post(root + "api/v1/tasks/config/update", headers=token, json=config, timeout=30).ok
+    listed = alice.get(root + "api/models", headers=token, timeout=60).json()["data"]
+    model = next(m["id"] for m in listed if m["id"].startswith(MODEL))
+    usage_on = {"id": model, "name": model, "meta": {"capabilities": {"usage": True}}, "params": {}}
+    made = alice.post(root + "api/v1/models/create", headers=token, json=usage_on, timeout=30)
+    if "already registered" in made.text:
+        update = root + "api/v1/models/model/update?id=" + urllib.parse.quote(model)
+        made = alice.post(update, headers=token, json=usage_on, timeout=30)
+    assert made.ok, made.text[:300]
+    before = usage_rows(stack)
+    driver = chromium(spki_pin("127.0.0.1", stack.https_port))
+    shot = artifacts() / "chat-ui-real-engine.png"
+    prompt = "Count the tokens of this chat"
+    try:
+        driver.get(root)
+        sign_in_at_the_mock_provider(driver, "alice")
+        WebDriverWait(driver, 120).until(ready.presence_of_element_located((By.ID, "chat-input")))
+        driver.get(root + "?models=" + urllib.parse.quote(model))
+        WebDriverWait(driver, 120).until(ready.presence_of_element_located((By.ID, "chat-input")))
+        for button in driver.find_elements(By.XPATH, '//button[contains(., "Okay, Let\'s Go!")]'):
+            button.click()
+        box = WebDriverWait(driver, 30).until(ready.element_to_be_clickable((By.ID, "chat-input")))
+        box.click()
+        box.send_keys(prompt)
+        box.send_keys(Keys.ENTER)
+        deadline = time.monotonic() + 180
+        kept = None
+        while kept is None:
+            assert time.monotonic() < deadline, "the chat UI kept no answer with its usage"
+            time.sleep(3)
+            for chat in alice.get(root + "api/v1/chats/", headers=token, timeout=30).json():
+                full = alice.get(root + f"api/v1/chats/{chat['id']}", headers=token, timeout=30).json()
+                messages = full["chat"].get("history", {}).get("messages", {}).values()
+                if not any(m.get("content") == prompt for m in messages):
+                    continue
+                answers = [m for m in messages if m.get("role") == "assistant" and m.get("done")]
+                kept = next((m["usage"] for m in answers if m.get("usage")), None)
+    finally:
+        driver.save_screenshot(str(shot))
+        driver.quit()
+    deadline = time.monotonic() + 60
+    while (counted := usage_delta(stack, before, "person:alice@example.org"))[0] < 1:
+        assert time.monotonic() < deadline, "alice's chat was never counted for her"
+        time.sleep(2)
+    assert counted == (1, 0, kept["prompt_tokens"], kept["completion_tokens"]), (counted, kept)
+    assert kept["prompt_tokens"] > 0 and kept["completion_tokens"] > 0, kept
 
 
 def test_usage_and_a_quota_on_the_real_engine_survive_reload_restart_and_restore(deployed):
