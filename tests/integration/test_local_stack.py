@@ -1734,6 +1734,44 @@ def test_an_engine_change_rolls_through_the_engine_hosts_without_a_failed_reques
         assert all(began <= r[0] <= began + took for r in failed), failed[:5]  # only while it restarted
 
 
+def test_a_new_engine_image_rolls_through_the_engine_hosts_without_a_failed_request(
+    deployed, record_property
+):
+    """A second version of the engine's image (the TEST DOUBLE with one more layer, a different image) on both
+    engine hosts: site.yml with it replaces their engines one at a time out of the edge's pools while four
+    clients keep asking, and not one request fails."""
+    stack, _ = deployed
+    engines = [name for name, groups in stack.hosts() if "llm" in groups and "edge" not in groups]
+    if len(engines) < 2:
+        pytest.skip("the split stack has two engine hosts behind its edge")
+    client = system.docker_client()
+    current = yaml.safe_load((stack.inventory_dir / "group_vars" / "all" / "00-llmcloud.yml").read_text())[
+        "llm_engine_image"
+    ]
+    newer = f"{current}-v2"
+    for name in engines:
+        host = client.containers.get(stack.container_name(name))
+        build = f"printf 'FROM {current}\\nLABEL org.llmcloud.test=v2\\n' | docker build -q -t {newer} -"
+        made = host.exec_run(["sh", "-c", build])
+        assert made.exit_code == 0, made.output.decode()[-1000:]
+    run, _, took, results = playbook_under_load(stack, "site.yml", "-e", f"llm_engine_image={newer}")
+    assert run.returncode == 0, run.stdout[-3000:]
+    for name in engines:
+        host = client.containers.get(stack.container_name(name))
+        running = host.exec_run(
+            ["docker", "inspect", "-f", "{{.Config.Image}}", "llm-engine"]
+        ).output.decode()
+        assert running.strip() == newer, (name, running)
+    failed = [r for r in results if not r[1]]
+    record_property("engine_image_change_s", round(took, 1))
+    record_property("engine_image_change_failed", len(failed))
+    print(
+        f"\n  engine image change rolling over {len(engines)} engine hosts: {took:.1f}s, "
+        f"{len(failed)} of {len(results)} requests failed"
+    )
+    assert not failed, failed[:5]
+
+
 def test_engine_hosts_waiting_for_a_reboot_are_rebooted_one_at_a_time_without_a_failed_request(
     deployed, record_property
 ):
