@@ -117,15 +117,18 @@ def main() -> int:
     med = {k: {f: statistics.median(r[f] for r in v) for f in v[0]} for k, v in runs.items()}
     print(
         f"\n{'request':<9} {'conc':>4} | {'p50 without':>11} {'p50 with':>9} {'added':>7} |"
-        f" {'req/s without':>13} {'req/s with':>10} {'share':>6} | errors"
+        f" {'req/s without':>13} {'req/s with':>10} {'share':>6} {'per run':>11} | errors"
     )
     for kind in ("plain", "streamed"):
         for c in levels:
             a, b = med[(kind, "without", c)], med[(kind, "with", c)]
+            # Each run's share against the run without accounting next to it (the machine's noise shows here).
+            pairs = zip(runs[(kind, "with", c)], runs[(kind, "without", c)], strict=True)
+            shares = sorted(w["rps"] / o["rps"] for w, o in pairs)
             print(
                 f"{kind:<9} {c:>4} | {a['p50']:9.2f}ms {b['p50']:7.2f}ms {b['p50'] - a['p50']:+6.2f} |"
-                f" {a['rps']:13.0f} {b['rps']:10.0f} {b['rps'] / a['rps']:6.2f} |"
-                f" {a['errors']:.0f}/{b['errors']:.0f}"
+                f" {a['rps']:13.0f} {b['rps']:10.0f} {b['rps'] / a['rps']:6.2f}"
+                f" {shares[0]:5.2f}-{shares[-1]:<5.2f} | {a['errors']:.0f}/{b['errors']:.0f}"
             )
     without, with_ = statistics.median(memory["without"]), statistics.median(memory["with"])
     print(f"\nnginx workers' memory after the runs (median): without {without:.0f} KiB, with {with_:.0f} KiB")
