@@ -1,12 +1,14 @@
-"""Run site.yml through ansible-runner, showing each task as it starts and each failure as it happens."""
+"""Run site.yml with ansible-playbook, showing each task as it starts and each failure as it happens."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
-import shutil
+import subprocess
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,7 +50,7 @@ class ConvergeResult:
         return self.rc == 0 and self.status == "successful"
 
     def first_failure(self) -> str:
-        return self.failures[0] if self.failures else f"ansible-runner status {self.status}"
+        return self.failures[0] if self.failures else f"ansible-playbook {self.status}"
 
     def changed(self) -> dict[str, int]:
         return dict(self.stats.get("changed", {}))
@@ -71,58 +73,80 @@ def converge(
     extravars: dict | None = None,
     limit: str | None = None,
 ) -> ConvergeResult:
-    import ansible_runner
-
+    """ansible-playbook ``playbook`` on ``inventory_dir``; each play and task shown as it starts, each change
+    and failure as it happens (the llmcloud_events callback, plugins/callback), Ansible's own output kept for
+    when it stops before any task (its last lines are the failure then)."""
     inventory.require(inventory_dir)
     venv_on_path()
     result = ConvergeResult(status="unknown", rc=-1)
-
-    def on_event(event: dict) -> bool:
-        kind = event.get("event")
-        data = event.get("event_data", {})
-        if kind == "playbook_on_play_start":
-            progress.log(f"PLAY {data.get('play', '')}")
-        elif kind == "playbook_on_task_start":
-            progress.log(f"  {data.get('task', '')}")
-        elif kind == "runner_on_ok" and data.get("res", {}).get("changed"):
-            result.changed_tasks.append(f"{data.get('host')}: {data.get('task')}")
-            progress.log(f"    changed: {data.get('host')}")
-        elif kind in ("runner_on_failed", "runner_on_unreachable") and not data.get("ignore_errors"):
-            res = data.get("res", {})
-            # no_log tasks arrive censored from Ansible, so this never prints a secret.
-            message = str(_failure_message(res)).strip()
-            # A loop fails as "One or more items failed": say which items and why.
-            for item in res.get("results") or []:
-                if isinstance(item, dict) and item.get("failed"):
-                    label = item.get("_ansible_item_label", item.get("item", "?"))
-                    message += f"; {label}: {str(_failure_message(item)).strip()}"
-            line = f"{data.get('host')}: {data.get('task')}: {message}"
-            result.failures.append(line)
-            progress.log(f"    FAILED {line}")
-        return True  # keep ansible-runner's own artifact record too
-
-    private_dir = Path(tempfile.mkdtemp(prefix="llmcloud-runner-"))
-    try:
-        runner = ansible_runner.run(
-            private_data_dir=str(private_dir),
-            project_dir=str(REPO_ROOT),
-            playbook=str(REPO_ROOT / playbook),
-            inventory=str(Path(inventory_dir).resolve()),
-            envvars={"ANSIBLE_CONFIG": str(REPO_ROOT / "ansible.cfg"), "PATH": os.environ["PATH"]},
-            extravars=extravars or {},
-            limit=limit,
-            quiet=True,
-            event_handler=on_event,
-        )
-        result.status, result.rc = runner.status, runner.rc
-        if not result.ok and not result.failures:
-            # No task failed: Ansible stopped before any (syntax, inventory). Its own words say why.
-            tail = [line for line in runner.stdout.read().splitlines() if line.strip()][-6:]
-            result.failures.append(" | ".join(tail) or f"ansible-runner status {runner.status}")
-        result.stats = {k: v for k, v in (runner.stats or {}).items() if isinstance(v, dict)}
-    finally:
-        shutil.rmtree(private_dir, ignore_errors=True)
+    read_fd, write_fd = os.pipe()
+    with tempfile.TemporaryDirectory(prefix="llmcloud-converge-") as work:
+        argv = ["ansible-playbook", "-i", str(Path(inventory_dir).resolve()), str(REPO_ROOT / playbook)]
+        if extravars:  # a file (0600 in a private directory), never the command line: values may be secrets
+            extra = Path(work) / "extravars.json"
+            extra.write_text(json.dumps(extravars))
+            argv += ["-e", f"@{extra}"]
+        if limit:
+            argv += ["--limit", limit]
+        env = {
+            **os.environ,
+            "ANSIBLE_CONFIG": str(REPO_ROOT / "ansible.cfg"),
+            "ANSIBLE_CALLBACK_PLUGINS": str(REPO_ROOT / "plugins" / "callback"),
+            "ANSIBLE_CALLBACKS_ENABLED": "llmcloud_events",
+            "LLMCLOUD_EVENTS_FD": str(write_fd),
+        }
+        with open(Path(work) / "output.log", "w+") as output:
+            try:
+                proc = subprocess.Popen(
+                    argv,
+                    cwd=REPO_ROOT,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=output,
+                    stderr=subprocess.STDOUT,
+                    pass_fds=(write_fd,),
+                )
+            finally:
+                os.close(write_fd)
+            # Read beside the run; the recap ends the events (a process Ansible forked may keep the pipe).
+            reader = threading.Thread(target=_read_events, args=(read_fd, result, progress), daemon=True)
+            reader.start()
+            result.rc = proc.wait()
+            reader.join(timeout=10)
+            result.status = "successful" if result.rc == 0 else "failed"
+            if not result.ok and not result.failures:
+                # No task failed: Ansible stopped before any (syntax, inventory). Its own words say why.
+                output.seek(0)
+                tail = [line for line in output.read().splitlines() if line.strip()][-6:]
+                result.failures.append(" | ".join(tail) or f"ansible-playbook exited {result.rc}")
     return result
+
+
+def _read_events(read_fd: int, result: ConvergeResult, progress: Progress) -> None:
+    with os.fdopen(read_fd) as events:
+        for line in events:
+            event = json.loads(line)
+            if _record(event, result, progress) == "stats":
+                return
+
+
+def _record(event: dict, result: ConvergeResult, progress: Progress) -> str:
+    """One event of the llmcloud_events callback into ``result`` and onto the screen; its kind."""
+    kind = event.get("event", "")
+    if kind == "play":
+        progress.log(f"PLAY {event.get('name', '')}")
+    elif kind == "task":
+        progress.log(f"  {event.get('name', '')}")
+    elif kind == "changed":
+        result.changed_tasks.append(f"{event['host']}: {event['task']}")
+        progress.log(f"    changed: {event['host']}")
+    elif kind == "failed":
+        line = f"{event['host']}: {event['task']}: {event['message']}"
+        result.failures.append(line)
+        progress.log(f"    FAILED {line}")
+    elif kind == "stats":
+        result.stats = event.get("stats", {})
+    return kind
 
 
 def converge_or_fail(inventory_dir: Path, progress: Progress) -> ConvergeResult:
@@ -136,7 +160,3 @@ def converge_or_fail(inventory_dir: Path, progress: Progress) -> ConvergeResult:
     changed = result.changed()
     progress.log(f"changed per host: {changed or 'none'}")
     return result
-
-
-def _failure_message(res: dict) -> str:
-    return res.get("msg") or res.get("stderr") or res.get("reason") or "failed"
