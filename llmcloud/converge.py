@@ -90,6 +90,7 @@ def converge(
             argv += ["--limit", limit]
         env = {
             **os.environ,
+            **_host_key_checking(Path(inventory_dir)),
             "ANSIBLE_CONFIG": str(REPO_ROOT / "ansible.cfg"),
             "ANSIBLE_CALLBACK_PLUGINS": str(REPO_ROOT / "plugins" / "callback"),
             "ANSIBLE_CALLBACKS_ENABLED": "llmcloud_events",
@@ -120,6 +121,18 @@ def converge(
                 tail = [line for line in output.read().splitlines() if line.strip()][-6:]
                 result.failures.append(" | ".join(tail) or f"ansible-playbook exited {result.rc}")
     return result
+
+
+def _host_key_checking(inventory_dir: Path) -> dict[str, str]:
+    """Ansible's host key checking for this inventory, as llmcloud converge has always run it.
+
+    A local stack's inventory knows every host key before the first connection (StrictHostKeyChecking=yes):
+    checked. A provisioned one learns a new VM's key on first use (accept-new), which Mitogen cannot express:
+    with checking on it puts `StrictHostKeyChecking yes` before the inventory's options and refuses every new
+    VM. So checking is off there, as ansible-runner (which ran converges until now) always had it, silently.
+    """
+    options = " ".join(p.read_text() for p in inventory_dir.rglob("*.yml") if p.is_file())
+    return {"ANSIBLE_HOST_KEY_CHECKING": "False"} if "StrictHostKeyChecking=accept-new" in options else {}
 
 
 def _read_events(read_fd: int, result: ConvergeResult, progress: Progress) -> None:
