@@ -39,10 +39,10 @@ def stack(tmp_path_factory):
         name="citest-backup",
         topology="split",
         inventory_root=tmp_path_factory.mktemp("backup"),
-        ssh_port=42300,
-        http_port=42380,
-        https_port=42343,
-        idp_port=42390,
+        ssh_port=31300,
+        http_port=31380,
+        https_port=31343,
+        idp_port=31390,
         # The chat UI's data (users, chats) is in the edge's backups: the restore test brings it back.
     )
     progress = Progress("citest backup")

@@ -46,18 +46,18 @@ EMBEDDINGS_MODEL = "llmcloud/embeddings-double"
 TOPOLOGIES = {
     "single": {
         "topology": "single",
-        "ssh_port": 42200,
-        "http_port": 42280,
-        "https_port": 42243,
-        "idp_port": 42290,
+        "ssh_port": 31200,
+        "http_port": 31280,
+        "https_port": 31243,
+        "idp_port": 31290,
     },
     "split": {
         "topology": "split",
         "engines": 2,
-        "ssh_port": 42210,
-        "http_port": 42281,
-        "https_port": 42244,
-        "idp_port": 42291,
+        "ssh_port": 31210,
+        "http_port": 31281,
+        "https_port": 31244,
+        "idp_port": 31291,
         # Short-lived tokens, so a test can see one expire.
         "idp_token_max_age": 20,
         # A second model (an embeddings engine, as RAG tools want) on both engine hosts, routed by "model".
