@@ -97,8 +97,9 @@ molecule: venv ## common, node_exporter, restic on their own with Molecule (side
 	  if [ "$$(cat $$rc)" != 0 ]; then echo "== $$name failed:"; tail -n 60 .cache/$$name.log; status=1; \
 	  else echo "$$name: passed"; fi; done; exit $$status
 
-# Three processes side by side (each mostly waits on SSH, apt and containers): one per topology, one for backups.
-INTEGRATION_STREAMS := integration-single integration-split integration-backup
+# Two chains side by side (each suite mostly waits on SSH, apt and containers): the single topology; split, then
+# the backups.
+INTEGRATION_STREAMS := integration-single integration-split,integration-backup
 
 integration: venv ## both topologies, edge and backups on fresh local hosts, side by side (.cache/integration-*.log); torn down
 	$(BIN)/python -m tests.side_by_side $(INTEGRATION_STREAMS)
@@ -142,10 +143,10 @@ test: venv ## lint, unit, molecule, integration, provision and the real engine: 
 	$(MAKE) molecule
 	@# Every image the suites use, built once, before they run side by side.
 	$(BIN)/llmcloud local images
-	@# Four chains side by side (each suite mostly waits on SSH, apt and containers; one after the other they
-	@# took 80 of CI's 90 minutes): each topology, the backups, and provision; the real engine after split
+	@# Three chains side by side (one suite after the other took 80 of CI's 90 minutes; on 2 cores a fourth
+	@# chain only adds contention): the single topology; split, then the backups; provision, then the real engine
 	@# (its image was built in the background meanwhile).
-	$(BIN)/python -m tests.side_by_side integration-single integration-split,real-engine integration-backup provision
+	$(BIN)/python -m tests.side_by_side integration-single integration-split,integration-backup provision,real-engine
 
 bench: venv ## print timings: first make local before/after, make local, no-op converge; engine roles and recovery; edge overhead; usage accounting; backups; OpenStack
 	$(BIN)/python bench/first_local.py
