@@ -307,6 +307,11 @@ def test_a_chat_in_the_chat_ui_counts_for_its_person_exactly_as_the_engine_repor
     # The role's capabilities for every model: no tools sent (this model has none), the usage asked for.
     capabilities = next(m for m in listed if m["id"] == model)["info"]["meta"]["capabilities"]
     assert capabilities["builtin_tools"] is False and capabilities["usage"] is True, capabilities
+    # A random model never stops by itself: its answers in the chat UI end after 24 tokens (a model setting
+    # of its admin), so the chat ends in seconds on 2 cores.
+    short = {"id": model, "name": model, "meta": {}, "params": {"max_tokens": 24}}
+    made = alice.post(root + "api/v1/models/create", headers=token, json=short, timeout=30)
+    assert made.ok, made.text[:300]
     before = usage_rows(stack)
     driver = chromium(spki_pin("127.0.0.1", stack.https_port))
     shot = artifacts() / "chat-ui-real-engine.png"
