@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from llmcloud import REPO_ROOT, contract, inventory
+from llmcloud import REPO_ROOT, contract, hostkeys, inventory
 from llmcloud.errors import UserError
 from llmcloud.progress import Progress
 
@@ -78,6 +78,10 @@ def converge(
     when it stops before any task (its last lines are the failure then)."""
     inventory.require(inventory_dir)
     venv_on_path()
+    # A provisioned stack's new VMs: keys recorded by OpenSSH first, then checked by Ansible (hostkeys.py).
+    learned = hostkeys.learn(Path(inventory_dir), hostkeys.contacted(Path(inventory_dir), limit))
+    if learned:
+        progress.log(f"recorded the host keys of {', '.join(learned)} (first contact)")
     result = ConvergeResult(status="unknown", rc=-1)
     read_fd, write_fd = os.pipe()
     with tempfile.TemporaryDirectory(prefix="llmcloud-converge-") as work:
@@ -90,7 +94,6 @@ def converge(
             argv += ["--limit", limit]
         env = {
             **os.environ,
-            **_host_key_checking(Path(inventory_dir)),
             "ANSIBLE_CONFIG": str(REPO_ROOT / "ansible.cfg"),
             "ANSIBLE_CALLBACK_PLUGINS": str(REPO_ROOT / "plugins" / "callback"),
             "ANSIBLE_CALLBACKS_ENABLED": "llmcloud_events",
@@ -121,18 +124,6 @@ def converge(
                 tail = [line for line in output.read().splitlines() if line.strip()][-6:]
                 result.failures.append(" | ".join(tail) or f"ansible-playbook exited {result.rc}")
     return result
-
-
-def _host_key_checking(inventory_dir: Path) -> dict[str, str]:
-    """Ansible's host key checking for this inventory, as llmcloud converge has always run it.
-
-    A local stack's inventory knows every host key before the first connection (StrictHostKeyChecking=yes):
-    checked. A provisioned one learns a new VM's key on first use (accept-new), which Mitogen cannot express:
-    with checking on it puts `StrictHostKeyChecking yes` before the inventory's options and refuses every new
-    VM. So checking is off there, as ansible-runner (which ran converges until now) always had it, silently.
-    """
-    options = " ".join(p.read_text() for p in inventory_dir.rglob("*.yml") if p.is_file())
-    return {"ANSIBLE_HOST_KEY_CHECKING": "False"} if "StrictHostKeyChecking=accept-new" in options else {}
 
 
 def _read_events(read_fd: int, result: ConvergeResult, progress: Progress) -> None:

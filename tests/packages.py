@@ -22,6 +22,8 @@ ACME = {"pebble": "pebble", "pebble-challtestsrv": "pebble"}
 BROWSER = {"chromium": "chromium", "chromedriver": "chromium-driver"}
 #: The local stack summary's `try:` example, run as printed (tests/integration/test_local_stack.py).
 CLIENTS = {"curl": "curl"}
+#: A real OpenSSH server for the host key tests (tests/unit/test_hostkeys.py).
+SSH_SERVER = {"/usr/sbin/sshd": "openssh-server"}
 
 ALL = {
     **system.LOCAL_PACKAGES,
@@ -31,6 +33,7 @@ ALL = {
     **ACME,
     **BROWSER,
     **CLIENTS,
+    **SSH_SERVER,
 }
 
 

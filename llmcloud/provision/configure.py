@@ -18,7 +18,8 @@ from typing import Any
 import pulumi
 from pulumi.dynamic import CreateResult, DiffResult, Resource, ResourceProvider, UpdateResult
 
-from llmcloud import REPO_ROOT
+from llmcloud import REPO_ROOT, hostkeys
+from llmcloud.provision import rolling
 
 CLOUD_INIT_MARKER = "/var/lib/llmcloud/cloud-init.done"
 CLOUD_INIT_LOG = "/var/log/cloud-init-output.log"
@@ -81,80 +82,65 @@ def configuration_digest(rendered: dict[str, str], secrets: dict[str, str]) -> s
     return digest.hexdigest()
 
 
-def _connection(address: str, port: int, user: str, key_file: str | None, proxy_jump: str | None):
-    """A fabric connection, through each hop of an OpenSSH-style ProxyJump chain."""
-    from fabric import Connection
-
-    kwargs = {"key_filename": key_file} if key_file else {}
-    gateway = None
-    for hop in (proxy_jump or "").split(","):
-        if not hop:
-            continue
-        hop_user, _, hop_host = hop.rpartition("@")
-        hop_host, _, hop_port = hop_host.partition(":")
-        gateway = Connection(
-            hop_host,
-            user=hop_user or None,
-            port=int(hop_port or 22),
-            gateway=gateway,
-            connect_kwargs=kwargs,
-            connect_timeout=15,
-        )
-    return Connection(
-        address, user=user, port=port, gateway=gateway, connect_kwargs=kwargs, connect_timeout=15
+def _on_host(inventory_dir: Path, name: str, command: str, timeout: float) -> subprocess.CompletedProcess:
+    """``command`` on the host through OpenSSH and the stack's ssh_config (first contact: records its key)."""
+    return subprocess.run(
+        hostkeys.ssh_argv(inventory_dir, name, command),
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        check=False,
+        timeout=timeout,
     )
 
 
-def wait_for_host(host: dict[str, Any], user: str, key_file: str | None, timeout: float) -> None:
-    """Wait until SSH answers and cloud-init has finished, or fail naming the host, the cause and the log."""
+def wait_for_host(inventory_dir: Path, name: str, timeout: float) -> None:
+    """Wait until SSH answers and cloud-init has finished, or fail naming the host, the cause and the log.
+
+    Over OpenSSH with the stack's ssh_config, as every later connection: the first answer records the VM's
+    host key in the stack's known_hosts (accept-new); a host presenting another key than the one recorded is
+    refused, never waited for.
+    """
     deadline = time.monotonic() + timeout
     last_error = "no answer"
     while time.monotonic() < deadline:
-        # Pulumi hands numbers over as floats; a float port fails inside getaddrinfo.
-        conn = _connection(host["address"], int(host["port"]), user, key_file, host.get("proxy_jump"))
+        left = max(10.0, deadline - time.monotonic())
         try:
-            left = max(10.0, deadline - time.monotonic())
-            result = conn.run("cloud-init status --wait --long", hide=True, warn=True, timeout=left)
-            if result.exited not in (0, 2):  # 2: done with recoverable errors
-                detail = " ".join(
-                    line.strip()
-                    for line in result.stdout.splitlines()
-                    if line.strip().startswith(("status", "("))
-                )
-                # Our user data's own messages start with "llmcloud:"; else the log's last lines.
-                ours = conn.run(f"sudo -n grep -h '^llmcloud:' {CLOUD_INIT_LOG}", hide=True, warn=True).stdout
-                tail = (
-                    ours.strip()
-                    or conn.run(f"sudo -n tail -n 4 {CLOUD_INIT_LOG}", hide=True, warn=True).stdout
-                )
-                raise ConfigureError(
-                    f"{host['name']}: cloud-init failed ({detail[-300:] or 'no detail'}); "
-                    f"{CLOUD_INIT_LOG} on the VM says: {' | '.join(tail.strip().splitlines()[-4:])[-600:]}"
-                )
-            if conn.run(f"test -f {CLOUD_INIT_MARKER}", hide=True, warn=True).exited != 0:
-                raise ConfigureError(
-                    f"{host['name']}: cloud-init finished without {CLOUD_INIT_MARKER}; "
-                    f"see {CLOUD_INIT_LOG} on the VM"
-                )
-            return
-        except ConfigureError:
-            raise
-        except Exception as exc:  # SSH not up yet: keep waiting
-            last_error = f"{type(exc).__name__}: {exc}"
+            result = _on_host(inventory_dir, name, "cloud-init status --wait --long", left)
+        except subprocess.TimeoutExpired:
+            last_error = "cloud-init still running"
+            continue
+        if result.returncode == 255:  # SSH itself: not up yet, or refused
+            if (
+                "IDENTIFICATION HAS CHANGED" in result.stderr
+                or "Host key verification failed" in result.stderr
+            ):
+                raise ConfigureError(str(hostkeys.learn_refusal(inventory_dir, name, result.stderr)))
+            last_error = " ".join(result.stderr.split())[-300:] or "no answer"
             time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
-        finally:
-            conn.close()
-    raise ConfigureError(f"{host['name']}: SSH not ready after {timeout:.0f}s ({last_error})")
-
-
-def forget_host_keys(inventory_dir: Path, addresses: list[str]) -> None:
-    """Drop the host keys of replaced VMs: same address, new machine, new keys (accept-new learns them)."""
-    known_hosts = inventory_dir / "ssh" / "known_hosts"
-    for address in addresses if known_hosts.is_file() else []:
-        # ssh-keygen also finds hashed entries (HashKnownHosts).
-        subprocess.run(
-            ["ssh-keygen", "-R", address, "-f", str(known_hosts)], capture_output=True, check=False
-        )
+            continue
+        if result.returncode not in (0, 2):  # 2: done with recoverable errors
+            detail = " ".join(
+                line.strip()
+                for line in result.stdout.splitlines()
+                if line.strip().startswith(("status", "("))
+            )
+            # Our user data's own messages start with "llmcloud:"; else the log's last lines.
+            ours = _on_host(inventory_dir, name, f"sudo -n grep -h '^llmcloud:' {CLOUD_INIT_LOG}", 60).stdout
+            tail = (
+                ours.strip()
+                or _on_host(inventory_dir, name, f"sudo -n tail -n 4 {CLOUD_INIT_LOG}", 60).stdout
+            )
+            raise ConfigureError(
+                f"{name}: cloud-init failed ({detail[-300:] or 'no detail'}); "
+                f"{CLOUD_INIT_LOG} on the VM says: {' | '.join(tail.strip().splitlines()[-4:])[-600:]}"
+            )
+        if _on_host(inventory_dir, name, f"test -f {CLOUD_INIT_MARKER}", 60).returncode != 0:
+            raise ConfigureError(
+                f"{name}: cloud-init finished without {CLOUD_INIT_MARKER}; see {CLOUD_INIT_LOG} on the VM"
+            )
+        return
+    raise ConfigureError(f"{name}: SSH not ready after {timeout:.0f}s ({last_error})")
 
 
 def converge_in_child(inventory_dir: Path) -> str | None:
@@ -193,28 +179,24 @@ class ConfigureProvider(ResourceProvider):
         return DiffResult(changes=changed, replaces=[], stables=[], delete_before_replace=False)
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
-        replaced = [
-            h
-            for h in news["hosts"]
-            if (olds.get("servers") or {}).get(h["name"]) != news["servers"][h["name"]]
-        ]
-        forget_host_keys(Path(news["inventory_dir"]), [h["address"] for h in replaced])
-        self._run(news)
+        self._run(news, olds.get("servers"))
         return UpdateResult(outs=news)
 
     def delete(self, _id: str, _props: dict[str, Any]) -> None:
         """Nothing to undo: the VMs it configured are deleted by their own resources."""
 
     @staticmethod
-    def _run(props: dict[str, Any]) -> None:
+    def _run(props: dict[str, Any], previous: dict[str, str] | None = None) -> None:
         from llmcloud import verify
         from llmcloud.progress import Progress
 
         inventory_dir = Path(props["inventory_dir"])
         progress = Progress("configure")
+        # A replaced VM keeps its address but is a new machine: its old host key goes, its new one is learned.
+        hostkeys.forget_replaced(inventory_dir, props["servers"], previous)
         with progress.step("wait for SSH and cloud-init"):
-            for host in props["hosts"]:
-                wait_for_host(host, props["ssh_user"], props.get("ssh_key_file"), float(props["timeout"]))
+            for name in props["hosts"]:
+                wait_for_host(inventory_dir, name, float(props["timeout"]))
         with progress.step("converge site.yml"):
             failure = converge_in_child(inventory_dir)
             if failure is not None:
@@ -227,6 +209,8 @@ class ConfigureProvider(ResourceProvider):
                     raise ConfigureError(
                         f"post-deploy checks failed: run `make verify INVENTORY={inventory_dir}` for details"
                     )
+        # From now on a replaced engine VM is rolled through the pools (rolling.py).
+        rolling.record_configured(inventory_dir, props["servers"])
 
 
 class Configure(Resource):

@@ -67,8 +67,10 @@ class Node(pulumi.ComponentResource):
         routed: list[pulumi.Resource] | None = None,
         addressed: list[pulumi.Resource] | None = None,
         role: str,
+        after: list[pulumi.Resource] | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ):
+        """``after``: what must be done before this VM is created or replaced (rolling.py's chain)."""
         super().__init__("llmcloud:provision:Node", name, None, opts)
         image_id = find_image(cfg, self)
         port = openstack.networking.Port(
@@ -116,7 +118,7 @@ class Node(pulumi.ComponentResource):
             metadata={"llmcloud-stack": stack, "llmcloud-role": role},
             # The replacement boots on the same port with the same data volume, which the old VM holds
             # until it is deleted: delete first (Pulumi's default is create first, which fails here).
-            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
+            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True, depends_on=after or []),
         )
         self.private_ip = port.all_fixed_ips[0]
         self.public_ip = (

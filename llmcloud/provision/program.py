@@ -20,6 +20,7 @@ from llmcloud.provision.backup import BackupStorage
 from llmcloud.provision.configure import Configure, configuration_digest
 from llmcloud.provision.network import Network
 from llmcloud.provision.nodes import DataVolume, Node
+from llmcloud.provision.rolling import PoolMember
 from llmcloud.provision.security import SecurityGroups
 
 
@@ -60,8 +61,11 @@ def _keypair(cfg: StackConfig, prefix: str) -> tuple[pulumi.Output[str], pulumi.
     return found.name, found.public_key
 
 
-def _servers(cfg: StackConfig, prefix: str, stack: str, hosts: list[PlannedHost]) -> dict[str, Node]:
-    """One VM per planned host, in the plan's order (the edge first)."""
+def _servers(
+    cfg: StackConfig, prefix: str, stack: str, hosts: list[PlannedHost], inventory_dir: Path
+) -> tuple[dict[str, Node], list[PoolMember]]:
+    """One VM per planned host, in the plan's order (the edge first), and, where engine VMs are replaced one
+    at a time (rolling.py: configure on, two or more engine VMs behind the edge), each one's pool member."""
     network = Network(prefix, cfg.network)
     groups = SecurityGroups(
         prefix,
@@ -71,8 +75,12 @@ def _servers(cfg: StackConfig, prefix: str, stack: str, hosts: list[PlannedHost]
     )
     keypair_name, public_key = _keypair(cfg, prefix)
     data = DataVolume(cfg.engine_node.data_volume_size, cfg.engine_node.data_volume_type, cfg.allow_data_loss)
-    servers = {}
+    servers: dict[str, Node] = {}
+    members: list[PoolMember] = []
+    rolling = cfg.configure and sum(1 for h in hosts if h.is_engine and not h.is_edge) > 1
     for host in hosts:
+        # Rolling: the first engine VM after the edges, each next one once the previous one is in the pool.
+        after = ([members[-1]] if members else [n.instance for n in servers.values()]) if rolling else []
         sgs = [
             groups.ssh,
             *([groups.engine] if host.is_engine else []),
@@ -91,8 +99,30 @@ def _servers(cfg: StackConfig, prefix: str, stack: str, hosts: list[PlannedHost]
             routed=network.routed,
             addressed=network.addressed,
             role=host.role,
+            after=after if host.is_engine and not host.is_edge else [],
         )
-    return servers
+        if rolling and host.is_engine and not host.is_edge:
+            edges = {h.name: servers[h.name].instance.id for h in hosts if h.is_edge}
+            members.append(_pool_member(cfg, prefix, host.name, servers[host.name], edges, inventory_dir))
+    return servers, members
+
+
+def _pool_member(
+    cfg: StackConfig, prefix: str, name: str, node: Node, edges: dict, inventory_dir: Path
+) -> PoolMember:
+    """Engine VM ``name`` in the pools: left before its VM is replaced, joined when the new one runs."""
+    instance = node.instance
+    return PoolMember(
+        f"{prefix}-{name}-pool",
+        {
+            "host": name,
+            "server": instance.id,
+            "edges": edges,
+            "inventory_dir": str(inventory_dir),
+            "timeout": cfg.configure_timeout,
+        },
+        opts=pulumi.ResourceOptions(replace_with=[instance], depends_on=[instance]),
+    )
 
 
 def _inventory_host(
@@ -157,37 +187,30 @@ def _write(inventory_dir: Path, inv: inventory.Inventory, secret_values: dict[st
 
 
 def _configure(
-    cfg: StackConfig, prefix: str, inventory_dir: Path, built, digest, servers: dict[str, Node]
+    cfg: StackConfig,
+    prefix: str,
+    inventory_dir: Path,
+    digest,
+    servers: dict[str, Node],
+    members: list[PoolMember],
 ) -> None:
     """Converge and verify the VMs with Ansible once they exist, and again whenever the inventory changes."""
     names = list(servers)
-    hosts = built.apply(
-        lambda inv: [
-            {
-                "name": h.name,
-                "address": h.ansible_host,
-                "port": h.ansible_port,
-                "proxy_jump": h.proxy_jump or cfg.reach.jump_host,
-            }
-            for h in inv.hosts
-        ]
-    )
     Configure(
         f"{prefix}-configure",
         {
             "digest": digest,
             "inventory_dir": str(inventory_dir),
-            "hosts": hosts,
+            # Reached as `ssh -F inventory/<stack>/ssh_config <name>` (the inventory's reach and host keys).
+            "hosts": names,
             # A replaced VM keeps its addresses but is a new machine: converge it, forget its host key.
             "servers": pulumi.Output.all(*[n.instance.id for n in servers.values()]).apply(
                 lambda ids: dict(zip(names, ids, strict=True))
             ),
-            "ssh_user": DEPLOY_USER,
-            "ssh_key_file": cfg.ssh_private_key_file,
             "timeout": cfg.configure_timeout,
             "verify": True,
         },
-        opts=pulumi.ResourceOptions(depends_on=[n.instance for n in servers.values()]),
+        opts=pulumi.ResourceOptions(depends_on=[*(n.instance for n in servers.values()), *members]),
     )
 
 
@@ -209,7 +232,7 @@ def program(
         _preflight(cfg, prefix)
     inventory_dir = (inventory_root or REPO_ROOT / "inventory") / stack
     hosts = contract.plan(cfg.topology, cfg.replicas)
-    servers = _servers(cfg, prefix, stack, hosts)
+    servers, members = _servers(cfg, prefix, stack, hosts, inventory_dir)
     backup = None
     if cfg.backup.target != BackupTarget.none:
         backup = BackupStorage(
@@ -247,7 +270,7 @@ def program(
     if backup:
         outputs["backup_repository"] = backup.repository
     if cfg.configure:
-        _configure(cfg, prefix, inventory_dir, built, digest, servers)
+        _configure(cfg, prefix, inventory_dir, digest, servers, members)
     for key, value in outputs.items():
         pulumi.export(key, value)
     return outputs

@@ -7,23 +7,21 @@ import pickle
 import pytest
 
 from llmcloud import verify
-from llmcloud.provision import configure
+from llmcloud.provision import configure, rolling
 from llmcloud.provision.configure import ConfigureError, ConfigureProvider
 
 PROPS = {
     "digest": "a" * 64,
     "inventory_dir": "/nonexistent/inventory/test",
-    "hosts": [{"name": "llm1", "address": "10.0.0.5", "port": 22, "proxy_jump": "alice@jump.example.org"}],
+    "hosts": ["llm1"],
     "servers": {"llm1": "server-1"},
-    "ssh_user": "deploy",
-    "ssh_key_file": None,
     "timeout": 5,
     "verify": True,
 }
 
 
 @pytest.fixture
-def calls(monkeypatch):
+def calls(monkeypatch, tmp_path):
     """Replace SSH, Ansible and testinfra with recorders; tests set what they answer."""
     record = {"waited": [], "converged": 0, "verified": 0, "converge_failure": None, "verify_rc": 0}
 
@@ -35,7 +33,8 @@ def calls(monkeypatch):
         record["verified"] += 1
         return record["verify_rc"]
 
-    monkeypatch.setattr(configure, "wait_for_host", lambda host, *a: record["waited"].append(host["name"]))
+    monkeypatch.setattr(configure, "wait_for_host", lambda _inv, name, *a: record["waited"].append(name))
+    monkeypatch.setitem(PROPS, "inventory_dir", str(tmp_path))
     monkeypatch.setattr(configure, "converge_in_child", fake_converge)
     monkeypatch.setattr(verify, "verify", fake_verify)
     return record
@@ -59,7 +58,7 @@ def test_failed_playbook_surfaces_the_ansible_error(calls):
     with pytest.raises(ConfigureError) as err:
         ConfigureProvider().create(dict(PROPS))
     assert "No package matching 'nvidia-driver'" in str(err.value)
-    assert "ansible-playbook -i /nonexistent/inventory/test site.yml" in str(err.value)
+    assert f"ansible-playbook -i {PROPS['inventory_dir']} site.yml" in str(err.value)
     assert calls["verified"] == 0
 
 
@@ -102,16 +101,32 @@ def test_update_runs_again(calls):
     assert calls["converged"] == 1
 
 
-def test_update_forgets_only_the_host_keys_of_replaced_vms(calls, tmp_path):
+def test_update_forgets_only_the_host_keys_of_replaced_vms_and_records_what_it_converged(calls, tmp_path):
     known = tmp_path / "ssh" / "known_hosts"
     known.parent.mkdir()
-    known.write_text("10.0.0.5 ssh-ed25519 AAAAold\n10.0.0.6 ssh-ed25519 AAAAother\n")
-    two = [PROPS["hosts"][0], {**PROPS["hosts"][0], "name": "llm2", "address": "10.0.0.6"}]
-    olds = {**PROPS, "inventory_dir": str(tmp_path), "hosts": two, "servers": {"llm1": "a", "llm2": "b"}}
+    known.write_text("10.0.0.5 ssh-ed25519 AAAAold\n[10.0.0.6]:2222 ssh-ed25519 AAAAother\n")
+    (tmp_path / "hosts.yml").write_text(
+        "all:\n  hosts:\n    llm1: {ansible_host: 10.0.0.5}\n"
+        "    llm2: {ansible_host: 10.0.0.6, ansible_port: 2222}\n"
+    )
+    olds = {**PROPS, "hosts": ["llm1", "llm2"], "servers": {"llm1": "a", "llm2": "b"}}
     ConfigureProvider().update("id", olds, {**olds, "servers": {"llm1": "a2", "llm2": "b"}})
     assert calls["converged"] == 1
     assert "10.0.0.5" not in known.read_text()
-    assert "10.0.0.6 ssh-ed25519 AAAAother" in known.read_text()
+    assert "[10.0.0.6]:2222 ssh-ed25519 AAAAother" in known.read_text()
+    # Rolling replacements act on hosts Configure has converged, as it converged them.
+    assert rolling.configured(tmp_path) == {"llm1": "a2", "llm2": "b"}
+    # The next update with the same servers forgets nothing (the record, not the state, says what was seen).
+    known.write_text("10.0.0.5 ssh-ed25519 AAAAnew\n")
+    ConfigureProvider().update("id", olds, {**olds, "servers": {"llm1": "a2", "llm2": "b"}})
+    assert "AAAAnew" in known.read_text()
+
+
+def test_a_failed_converge_records_nothing(calls, tmp_path):
+    calls["converge_failure"] = "llm1: boom"
+    with pytest.raises(ConfigureError):
+        ConfigureProvider().create(dict(PROPS))
+    assert rolling.configured(tmp_path) == {}
 
 
 def test_digest_changes_with_inventory_roles_and_secrets(tmp_path, monkeypatch):
@@ -128,27 +143,9 @@ def test_digest_changes_with_inventory_roles_and_secrets(tmp_path, monkeypatch):
     assert configure.configuration_digest({}, {}) != before
 
 
-def test_wait_for_host_gives_up_naming_the_host(monkeypatch):
-    class Refused:
-        def __init__(self, *a, **k):
-            pass
-
-        def run(self, *a, **k):
-            raise ConnectionRefusedError("connection refused")
-
-        def close(self):
-            pass
-
-    monkeypatch.setattr(configure, "_connection", lambda *a: Refused())
+def test_wait_for_host_gives_up_naming_the_host(monkeypatch, tmp_path):
+    # OpenSSH itself, through the stack's ssh_config, to a port where nothing listens.
+    (tmp_path / "ssh_config").write_text("Host llm1\n  HostName 127.0.0.1\n  Port 9\n")
     monkeypatch.setattr(configure.time, "sleep", lambda s: None)
-    with pytest.raises(ConfigureError, match=r"llm1: SSH not ready after 0s \(ConnectionRefusedError"):
-        configure.wait_for_host({"name": "llm1", "address": "x", "port": 22}, "deploy", None, 0.05)
-
-
-def test_jump_chain_becomes_nested_gateways():
-    conn = configure._connection(
-        "10.0.0.5", 22, "deploy", None, "alice@jump.example.org:2222,deploy@10.0.0.10"
-    )
-    assert (conn.host, conn.user) == ("10.0.0.5", "deploy")
-    assert (conn.gateway.host, conn.gateway.user) == ("10.0.0.10", "deploy")
-    assert (conn.gateway.gateway.host, conn.gateway.gateway.port) == ("jump.example.org", 2222)
+    with pytest.raises(ConfigureError, match=r"llm1: SSH not ready after 0s \(.*[Cc]onnection refused"):
+        configure.wait_for_host(tmp_path, "llm1", 0.05)

@@ -108,13 +108,3 @@ def test_a_playbook_that_changes_something_is_reported_through_the_callback(tmp_
     assert result.changed_tasks == ["localhost: Touch a file"] and marker.exists()
     assert result.changed() == {"localhost": 1}
     assert "  Touch a file" in out.getvalue()
-
-
-def test_host_keys_are_checked_where_the_inventory_knows_them_and_learned_where_it_accepts_new(tmp_path):
-    local, cloud = tmp_path / "local" / "group_vars" / "all", tmp_path / "cloud" / "group_vars" / "all"
-    for directory, policy in ((local, "yes"), (cloud, "accept-new")):
-        directory.mkdir(parents=True)
-        args = f"ansible_ssh_common_args: -o StrictHostKeyChecking={policy}\n"
-        (directory / "00-llmcloud.yml").write_text(args)
-    assert converge._host_key_checking(tmp_path / "local") == {}
-    assert converge._host_key_checking(tmp_path / "cloud") == {"ANSIBLE_HOST_KEY_CHECKING": "False"}
