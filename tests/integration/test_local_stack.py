@@ -39,6 +39,7 @@ from llmcloud.local.login import browser_login, session
 from llmcloud.local.login import id_token as idp_token
 from llmcloud.local.stack import CLIENT_ID, DOUBLE_MODEL, LABEL, PEER_LABEL, LocalStack
 from llmcloud.progress import Progress
+from tests.clients import asking
 
 pytestmark = pytest.mark.integration
 
@@ -1650,55 +1651,21 @@ def test_a_model_from_a_file_is_served_with_no_outbound_connection(deployed, tmp
     assert DOUBLE_MODEL in engine_args()
 
 
-def client_loop(status: dict, stop: threading.Event, results: list, worker: int) -> None:
-    """One client of the endpoint (the openai client, no retries), streamed or not, about 2 requests a second,
-    below the rate limits: (start, ok, error) of each request into ``results``."""
-    from openai import DefaultHttpxClient, OpenAI
-
-    with DefaultHttpxClient(verify=status["ca_bundle"], trust_env=False, timeout=60) as http:
-        client = OpenAI(
-            base_url=status["openai_base_url"], api_key=status["api_key"], http_client=http, max_retries=0
-        )
-        ask = {"model": DOUBLE_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
-        while not stop.is_set():
-            began = time.monotonic()
-            try:
-                if worker % 2:
-                    chunks = list(client.chat.completions.create(stream=True, **ask))
-                    assert chunks and chunks[-1].choices[0].finish_reason == "length"
-                else:
-                    assert client.chat.completions.create(**ask).choices[0].message.content
-                results.append((began, True, ""))
-            except Exception as error:  # every failure counts, whatever it is
-                results.append((began, False, repr(error)[:300]))
-            time.sleep(max(0.0, 0.5 - (time.monotonic() - began)))
-
-
 def playbook_under_load(
     stack: LocalStack, *args: str
 ) -> tuple[subprocess.CompletedProcess, float, float, list]:
     """ansible-playbook ``args`` while four clients (client_loop) keep asking: (its run, when it began, its
     seconds, every request's (start, ok, error))."""
-    status = endpoint(stack)
-    stop, results = threading.Event(), []
-    with ThreadPoolExecutor(4) as pool:
-        clients = [pool.submit(client_loop, status, stop, results, i) for i in range(4)]
-        try:
-            time.sleep(3)
-            began = time.monotonic()
-            run = subprocess.run(
-                ["ansible-playbook", "-i", str(stack.inventory_dir), *args],
-                cwd=REPO_ROOT,
-                capture_output=True,
-                text=True,
-                timeout=1800,
-            )
-            took = time.monotonic() - began
-            time.sleep(3)
-        finally:
-            stop.set()
-        for client in clients:
-            client.result()
+    with asking(endpoint(stack), DOUBLE_MODEL) as results:
+        began = time.monotonic()
+        run = subprocess.run(
+            ["ansible-playbook", "-i", str(stack.inventory_dir), *args],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=1800,
+        )
+        took = time.monotonic() - began
     return run, began, took, results
 
 

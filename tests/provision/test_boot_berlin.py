@@ -9,13 +9,19 @@ no NFS client for the Manila share).
 
 from __future__ import annotations
 
+import json
 import subprocess
+import time
 
 import pytest
 
+from testbed.automation import Lines
 from testbed.booted import MODEL, deploy, identity_provider, stack_settings
+from tests.clients import asking
+from tests.provision.readback import newest_image, stack_resources
 
 JUMP_HOST = "172.16.102.5"
+OLDER_GPU_IMAGE = r"^Ubuntu-24\.04-20260901-gpu$"
 
 
 @pytest.fixture(scope="module")
@@ -98,3 +104,62 @@ def test_streamed_chat_through_the_edge_in_front_of_two_engines(deployed, stack)
                 )
             )
             assert len(chunks) >= 5
+
+
+def test_a_new_image_replaces_the_engine_vms_one_at_a_time_without_a_failed_request(
+    deployed, stack, admin, project, record_property
+):
+    """An older image for the engine VMs (`engineNode.imagePattern`) while four clients (two streamed) ask
+    through the edge: each engine VM leaves the edge's pools, is replaced, converged alone and back in the
+    pools before the next is touched; the edge stays; each new VM has its data volume; no request fails."""
+    _, _, key, _ = deployed
+    prefix = "llm-berlin-boot"
+    before = stack_resources(admin, project.id, prefix)
+    engines = [f"{prefix}-llm1", f"{prefix}-llm2"]
+    volumes = {name: [a["id"] for a in before.servers[name].attached_volumes] for name in engines}
+    settings = stack.stack.get_all_config()["llmcloud:engineNode"].value
+    stack.set_config({"llmcloud:engineNode": {**json.loads(settings), "imagePattern": OLDER_GPU_IMAGE}})
+    endpoint = {
+        "openai_base_url": f"https://{stack.outputs()['entry_address']}/v1",
+        "api_key": key,
+        "ca_bundle": str(stack.inventory_dir / "tls" / "ca.pem"),
+    }
+    lines = Lines()
+    with asking(endpoint, MODEL) as results:
+        began = time.monotonic()
+        result = stack.up(on_output=lines)
+        took = time.monotonic() - began
+    failed = [r for r in results if not r[1]]
+    record_property("engine_vm_replacement_s", round(took))
+    record_property("engine_vm_replacement_requests", len(results))
+    record_property("engine_vm_replacement_failed", len(failed))
+    summary = f"{took:.0f}s, {len(failed)} of {len(results)} requests failed"
+    print(f"\n  two engine VMs replaced one at a time: {summary}")
+    assert result.summary.result == "succeeded"
+    assert not failed, failed[:3]
+    assert len(results) > 20
+    text = lines.text
+    # llm1 out, replaced, back in; only then llm2 out.
+    order = [
+        text.index("take llm1 out of the edge's pools"),
+        text.index("converge llm1 alone"),
+        text.index("put llm1 back into the edge's pools"),
+        text.index("take llm2 out of the edge's pools"),
+        text.index("put llm2 back into the edge's pools"),
+    ]
+    assert order == sorted(order), order
+    after = stack_resources(admin, project.id, prefix)
+    assert after.servers[f"{prefix}-edge1"].id == before.servers[f"{prefix}-edge1"].id  # the edge stays
+    for name in engines:
+        server = after.servers[name]
+        assert server.id != before.servers[name].id
+        assert server.image.id == newest_image(admin, OLDER_GPU_IMAGE).id
+        assert [a["id"] for a in server.attached_volumes] == volumes[name]  # its model cache moved with it
+    # The new VMs' host keys were learned, and every later connection checks them.
+    config = str(stack.inventory_dir / "ssh_config")
+    check = subprocess.run(
+        ["ssh", "-F", config, "-o", "StrictHostKeyChecking=yes", "llm2", "true"],
+        capture_output=True,
+        text=True,
+    )
+    assert check.returncode == 0, check.stderr
