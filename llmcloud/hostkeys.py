@@ -13,6 +13,7 @@ exactly when provisioning sees the new server (``forget_replaced``), never for a
 
 from __future__ import annotations
 
+import fcntl
 import json
 import subprocess
 from pathlib import Path
@@ -138,21 +139,27 @@ def forget_replaced(
     saw them, for an inventory that has no record yet."""
     inventory_dir = Path(inventory_dir)
     record = inventory_dir / SERVERS
-    before = json.loads(record.read_text()) if record.is_file() else dict(previous or {})
-    known = inventory_dir / KNOWN_HOSTS
-    replaced = [n for n, server in servers.items() if before.get(n) not in (None, server)]
-    hosts = _hosts(inventory_dir) if replaced and known.is_file() else {}
-    forgotten = []
-    for name in replaced:
-        if name in hosts:
-            # ssh-keygen also finds hashed entries (HashKnownHosts).
-            subprocess.run(
-                ["ssh-keygen", "-R", known_name(*hosts[name]), "-f", str(known)],
-                capture_output=True,
-                check=False,
-            )
-            forgotten.append(name)
-    if {**before, **servers} != before:
-        record.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        record.write_text(json.dumps({**before, **servers}, indent=1, sort_keys=True) + "\n")
+    record.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # Provisioning and a pool member may see the same new server at once: one at a time.
+    with open(record.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        before = json.loads(record.read_text()) if record.is_file() else dict(previous or {})
+        known = inventory_dir / KNOWN_HOSTS
+        replaced = [n for n, server in servers.items() if before.get(n) not in (None, server)]
+        inventoried = known.is_file() and (inventory_dir / "hosts.yml").is_file()
+        hosts = _hosts(inventory_dir) if replaced and inventoried else {}
+        forgotten = []
+        for name in replaced:
+            if name in hosts:
+                # ssh-keygen also finds hashed entries (HashKnownHosts).
+                subprocess.run(
+                    ["ssh-keygen", "-R", known_name(*hosts[name]), "-f", str(known)],
+                    capture_output=True,
+                    check=False,
+                )
+                forgotten.append(name)
+        if {**before, **servers} != before or not record.is_file():
+            fresh = record.with_suffix(".new")
+            fresh.write_text(json.dumps({**before, **servers}, indent=1, sort_keys=True) + "\n")
+            fresh.replace(record)
     return forgotten

@@ -12,7 +12,7 @@ from typing import Any
 import pulumi
 import pulumi_openstack as openstack
 
-from llmcloud import REPO_ROOT, contract, inventory
+from llmcloud import REPO_ROOT, contract, hostkeys, inventory
 from llmcloud.config import BackupTarget, ConfigError, StackConfig, TlsMode, from_pulumi
 from llmcloud.contract import DEPLOY_USER, ENGINE_PORT, PlannedHost
 from llmcloud.provision import preflight
@@ -233,6 +233,16 @@ def program(
     inventory_dir = (inventory_root or REPO_ROOT / "inventory") / stack
     hosts = contract.plan(cfg.topology, cfg.replicas)
     servers, members = _servers(cfg, prefix, stack, hosts, inventory_dir)
+    # A VM replaced by this `up` (same address, new machine, new host keys): its old key goes as soon as the
+    # new server exists, whoever connects first (Configure, a pool member, a person with ssh -F).
+    names = list(servers)
+    pulumi.Output.all(*[n.instance.id for n in servers.values()]).apply(
+        lambda ids: (
+            None
+            if pulumi.runtime.is_dry_run()
+            else hostkeys.forget_replaced(inventory_dir, dict(zip(names, ids, strict=True)))
+        )
+    )
     backup = None
     if cfg.backup.target != BackupTarget.none:
         backup = BackupStorage(
@@ -250,7 +260,6 @@ def program(
     )
     entry = contract.entry_host(hosts).name
     entry_address = built.apply(lambda inv: next(h.ansible_host for h in inv.hosts if h.name == entry))
-    names = list(servers)
     outputs: dict[str, Any] = {
         "url": f"https://{cfg.domain}/",
         "entry_address": entry_address,
