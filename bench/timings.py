@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import subprocess
 import sys
 import time
@@ -39,10 +40,23 @@ def timed(label: str, *make_args: str) -> tuple[str, float]:
     return label, took
 
 
+def yardstick() -> float:
+    """Seconds for a fixed piece of pure-Python work (best of 3): the controller's speed on this machine now.
+    A no-op converge is CPU-bound on the controller, so its figures scale with this one between machines."""
+    best = float("inf")
+    for _ in range(3):
+        began = time.perf_counter()
+        sum(i * i % 7 for i in range(3_000_000))
+        best = min(best, time.perf_counter() - began)
+    return best
+
+
 def role_profile(strategy: str) -> tuple[float, dict[str, float]]:
-    """A no-op `ansible-playbook site.yml` on the bench stack: wall time and seconds per role."""
+    """A no-op `ansible-playbook site.yml` on the bench stack: wall time and seconds per role; prints the
+    controller's CPU and the cost per task and host."""
     env = {**os.environ, "ANSIBLE_STRATEGY": strategy}
     env["ANSIBLE_CALLBACKS_ENABLED"] = "ansible.posix.profile_roles"
+    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     began = time.monotonic()
     run = subprocess.run(
         [str(ROOT / ".venv" / "bin" / "ansible-playbook"), "-i", "inventory/bench", "site.yml"],
@@ -54,6 +68,17 @@ def role_profile(strategy: str) -> tuple[float, dict[str, float]]:
     took = time.monotonic() - began
     if run.returncode != 0 or "changed=0" not in run.stdout:
         sys.exit(f"no-op converge ({strategy}) failed or changed something:\n{run.stdout[-3000:]}")
+    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
+    tasks = sum(
+        int(m.group(1)) + int(m.group(2)) for m in re.finditer(r" ok=(\d+) .* skipped=(\d+)", run.stdout)
+    )
+    print(
+        f"no-op over {strategy}: {took:.1f}s wall, {cpu:.1f}s controller CPU, {tasks} task runs: "
+        f"{1000 * took / tasks:.0f} ms wall and {1000 * cpu / tasks:.0f} ms controller CPU per task and host",
+        file=sys.stderr,
+        flush=True,
+    )
     roles = {
         m.group(1): float(m.group(2))
         for m in re.finditer(r"^(\S+) -+ (\d+\.\d+)s$", run.stdout, re.MULTILINE)
@@ -68,6 +93,7 @@ def main() -> None:
     parser.add_argument("--with-test", action="store_true", help="also time `make test`")
     args = parser.parse_args()
 
+    print(f"CPU yardstick (pure Python, best of 3): {yardstick():.2f}s", file=sys.stderr, flush=True)
     subprocess.run(["make", "--no-print-directory", "down", *STACK], cwd=ROOT, capture_output=True)
     if args.cold:
         subprocess.run([".venv/bin/llmcloud", "local", "down", "--stack", "bench", "--purge-image"], cwd=ROOT)
