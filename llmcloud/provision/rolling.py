@@ -5,10 +5,10 @@ engine VM at once and the endpoint would answer nothing until the last one is co
 host has a `PoolMember`, a resource that stands for "this VM serves in the edge's pools":
 
 - it is replaced with its VM (`replace_with`), and Pulumi deletes it before it deletes the VM: its delete
-  takes the host out of the edge's pools and lets the requests it serves finish (engine-pool.yml, out);
+  takes the host out of the edge's pools and lets the requests it serves finish (pool.yml, out);
 - once the new VM runs, it is created again: it waits for the VM (SSH, cloud-init; its new host key learned,
   the old one forgotten), converges site.yml on that host alone (its engine checked with a real completion),
-  and puts it back into the pools (engine-pool.yml, in);
+  and puts it back into the pools (pool.yml, in);
 - the next engine VM depends on it, so Pulumi touches the next one only then; the first engine VM depends on
   the edge, so the edge is never replaced together with the engines.
 
@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import pulumi
-from pulumi.dynamic import CreateResult, DiffResult, Resource, ResourceProvider
+from pulumi.dynamic import CreateResult, DiffResult, Resource, ResourceProvider, UpdateResult
 
 #: What Configure last converged and verified: {"servers": {host: server id}}, in the stack's inventory.
 CONFIGURED = Path("state") / "configured.json"
-POOL_PLAYBOOK = "engine-pool.yml"
+POOL_PLAYBOOK = "pool.yml"
 
 
 def configured(inventory_dir: Path) -> dict[str, str]:
@@ -59,12 +59,11 @@ class PoolMemberProvider(ResourceProvider):
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         # Another server is another member: out of the pools before the old one goes (delete first).
         replaces = [k for k in ("host", "server") if olds.get(k) != news.get(k)]
-        changes = bool(replaces) or any(olds.get(k) != news.get(k) for k in ("inventory_dir", "timeout"))
+        kept = ("edges", "inventory_dir", "timeout")
+        changes = bool(replaces) or any(olds.get(k) != news.get(k) for k in kept)
         return DiffResult(changes=changes, replaces=replaces, stables=[], delete_before_replace=True)
 
-    def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]):
-        from pulumi.dynamic import UpdateResult
-
+    def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         return UpdateResult(outs=news)
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:

@@ -59,11 +59,11 @@ def test_a_replaced_vm_of_a_configured_stack_is_converged_alone_then_put_back(st
     PoolMemberProvider().delete("id", props(tmp_path, server="s2"))
     PoolMemberProvider().create(props(tmp_path))
     assert steps == [
-        ("converge", "engine-pool.yml", "llm2", {"llmcloud_pool": "out"}),
+        ("converge", "pool.yml", "llm2", {"llmcloud_pool": "out"}),
         ("forget", {"llm2": "s2-new"}),
         ("wait", "llm2"),
         ("converge", "site.yml", "llm2", None),
-        ("converge", "engine-pool.yml", "llm2", {"llmcloud_pool": "in"}),
+        ("converge", "pool.yml", "llm2", {"llmcloud_pool": "in"}),
     ]
 
 
@@ -89,12 +89,12 @@ def test_a_failed_converge_stops_the_roll_naming_the_host_and_the_command(steps,
         PoolMemberProvider().create(props(tmp_path))
     assert "llm2: x: y" in str(err.value)
     assert f"ansible-playbook -i {tmp_path} site.yml --limit llm2" in str(err.value)
-    assert ("converge", "engine-pool.yml", "llm2", {"llmcloud_pool": "in"}) not in steps
+    assert ("converge", "pool.yml", "llm2", {"llmcloud_pool": "in"}) not in steps
 
 
 def test_a_failed_drain_does_not_keep_the_vm(steps, tmp_path, capfd):
     rolling.record_configured(tmp_path, {"edge1": "e1", "llm2": "s2"})
-    steps.failing.add("engine-pool.yml")
+    steps.failing.add("pool.yml")
     PoolMemberProvider().delete("id", props(tmp_path, server="s2"))
     assert "WARNING: could not take llm2 out of the pools" in capfd.readouterr().err
 
@@ -144,3 +144,14 @@ def test_no_members_where_nothing_rolls(tmp_path, changes):
     mocks, _, _ = deploy(tmp_path, **changes)
     names = [r.name for r in mocks.of_type("pulumi-python:dynamic:Resource")]
     assert not [n for n in names if n.endswith("-pool")]
+
+
+def test_no_playbook_is_named_like_a_task_file():
+    """Ansible resolves a relative `include_tasks` in tasks/ against the playbook's folder too: a playbook at
+    the root named like a file of tasks/ was included in its place (the pool playbook, once engine-pool.yml,
+    broke site.yml's and reboot.yml's drains)."""
+    from llmcloud import REPO_ROOT
+
+    playbooks = {p.name for p in REPO_ROOT.glob("*.yml")}
+    assert (REPO_ROOT / rolling.POOL_PLAYBOOK).is_file()
+    assert not playbooks & {p.name for p in (REPO_ROOT / "tasks").glob("*.yml")}
