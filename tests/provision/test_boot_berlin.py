@@ -70,6 +70,12 @@ def test_up_converges_and_verifies_three_vms_through_the_jump_host(deployed, rec
         assert f"changed: {host}" in text
 
 
+def on(stack, host: str, command: str) -> subprocess.CompletedProcess:
+    """``command`` on ``host`` as its users run it: `ssh -F inventory/<stack>/ssh_config <host>`."""
+    config = str(stack.inventory_dir / "ssh_config")
+    return subprocess.run(["ssh", "-F", config, host, command], capture_output=True, text=True, timeout=60)
+
+
 def test_engines_answer_only_through_the_jump_host_and_the_edge(deployed, stack):
     config = str(stack.inventory_dir / "ssh_config")
     via_jump = subprocess.run(
@@ -117,6 +123,14 @@ def test_a_new_image_replaces_the_engine_vms_one_at_a_time_without_a_failed_requ
     before = stack_resources(admin, project.id, prefix)
     engines = [f"{prefix}-llm1", f"{prefix}-llm2"]
     volumes = {name: [a["id"] for a in before.servers[name].attached_volumes] for name in engines}
+    # What a replacement must keep or bring: the model cache on the data volume, and a setting of the user's
+    # own in the inventory (that such a file alone re-runs Ansible is unit-tested: it is part of the digest).
+    marker = f"cache-{time.time_ns()}"
+    wrote = on(stack, "llm1", f"echo {marker} | sudo -n tee /srv/llmcloud/llmcloud-test-marker")
+    assert wrote.returncode == 0, wrote.stderr
+    (stack.inventory_dir / "group_vars" / "all" / "70-mine.yml").write_text(
+        "common_journald_system_max_use: 300M\n"
+    )
     settings = stack.stack.get_all_config()["llmcloud:engineNode"].value
     stack.set_config({"llmcloud:engineNode": {**json.loads(settings), "imagePattern": OLDER_GPU_IMAGE}})
     endpoint = {
@@ -155,6 +169,12 @@ def test_a_new_image_replaces_the_engine_vms_one_at_a_time_without_a_failed_requ
         assert server.id != before.servers[name].id
         assert server.image.id == newest_image(admin, OLDER_GPU_IMAGE).id
         assert [a["id"] for a in server.attached_volumes] == volumes[name]  # its model cache moved with it
+    kept = on(
+        stack,
+        "llm1",
+        "sudo -n cat /srv/llmcloud/llmcloud-test-marker; cat /etc/systemd/journald.conf.d/*.conf",
+    )
+    assert marker in kept.stdout and "300M" in kept.stdout, kept.stderr
     # The new VMs' host keys were learned, and every later connection checks them.
     config = str(stack.inventory_dir / "ssh_config")
     check = subprocess.run(
