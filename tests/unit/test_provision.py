@@ -374,12 +374,17 @@ def test_rendered_inventory_matches_golden(tmp_path, case, request):
 def test_ansible_reads_the_provisioned_inventory(tmp_path):
     import subprocess
 
+    from llmcloud.provision import rolling
+
     _, _, inv = deploy(tmp_path, **SPLIT, **JUMP)
-    view = json.loads(
-        subprocess.run(
-            ["ansible-inventory", "-i", str(inv), "--list"], check=True, capture_output=True, text=True
-        ).stdout
+    # What else lives in the inventory folder is no inventory source (ansible.cfg's ignore_patterns).
+    rolling.record_configured(inv, {"edge1": "e1", "llm1": "s1", "llm2": "s2"})
+    read = subprocess.run(
+        ["ansible-inventory", "-i", str(inv), "--list"], check=True, capture_output=True, text=True
     )
+    assert "WARNING" not in read.stderr, read.stderr
+    view = json.loads(read.stdout)
+    assert set(view) == {"_meta", "all", "llm", "edge"}
     llm1 = view["_meta"]["hostvars"]["llm1"]
     assert llm1["ansible_ssh_common_args"].endswith("-o ProxyJump=alice@jump.example.org,deploy@10.42.0.10")
     assert llm1["admin_cidrs"] == ["192.0.2.0/24", "10.42.0.10/32"]
