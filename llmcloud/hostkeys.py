@@ -42,6 +42,25 @@ def ssh_argv(inventory_dir: Path, host: str, *command: str, connect_timeout: int
     ]
 
 
+def on_host(
+    inventory_dir: Path, host: str, command: str, timeout: float, connect_timeout: int = 15
+) -> subprocess.CompletedProcess:
+    """``command`` on ``host`` through OpenSSH and the stack's ssh_config (first contact: records its key)."""
+    return subprocess.run(
+        ssh_argv(inventory_dir, host, command, connect_timeout=connect_timeout),
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        check=False,
+        timeout=timeout,
+    )
+
+
+def key_refused(stderr: str) -> bool:
+    """Whether OpenSSH refused the host for its key (another one than recorded), by what it printed."""
+    return "IDENTIFICATION HAS CHANGED" in stderr or "Host key verification failed" in stderr
+
+
 def learns_keys(inventory_dir: Path) -> bool:
     """True for an inventory that learns keys on first use (provisioned), False where they are pinned."""
     config = Path(inventory_dir) / "ssh_config"
@@ -98,14 +117,7 @@ def learn(inventory_dir: Path, names: list[str] | None = None, timeout: int = 30
         address, port = hosts[name]
         if is_known(inventory_dir, address, port):
             continue
-        done = subprocess.run(
-            ssh_argv(inventory_dir, name, "true", connect_timeout=timeout),
-            capture_output=True,
-            text=True,
-            stdin=subprocess.DEVNULL,
-            check=False,
-            timeout=timeout * 4,
-        )
+        done = on_host(inventory_dir, name, "true", timeout * 4, connect_timeout=timeout)
         if done.returncode != 0:
             raise learn_refusal(inventory_dir, name, done.stderr)
         learned.append(name)
@@ -117,7 +129,7 @@ def learn_refusal(inventory_dir: Path, name: str, stderr: str) -> UserError:
     address, port = _hosts(inventory_dir)[name]
     said = " | ".join(line.strip() for line in stderr.splitlines() if line.strip() and "@@@" not in line)
     known = inventory_dir / KNOWN_HOSTS
-    if "IDENTIFICATION HAS CHANGED" in stderr or "Host key verification failed" in stderr:
+    if key_refused(stderr):
         return UserError(
             f"{name} ({known_name(address, port)}) presented another host key than the one in {known}",
             "if you replaced or rebuilt this VM yourself, forget its old key: "

@@ -82,18 +82,6 @@ def configuration_digest(rendered: dict[str, str], secrets: dict[str, str]) -> s
     return digest.hexdigest()
 
 
-def _on_host(inventory_dir: Path, name: str, command: str, timeout: float) -> subprocess.CompletedProcess:
-    """``command`` on the host through OpenSSH and the stack's ssh_config (first contact: records its key)."""
-    return subprocess.run(
-        hostkeys.ssh_argv(inventory_dir, name, command),
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        check=False,
-        timeout=timeout,
-    )
-
-
 def wait_for_host(inventory_dir: Path, name: str, timeout: float) -> None:
     """Wait until SSH answers and cloud-init has finished, or fail naming the host, the cause and the log.
 
@@ -106,15 +94,12 @@ def wait_for_host(inventory_dir: Path, name: str, timeout: float) -> None:
     while time.monotonic() < deadline:
         left = max(10.0, deadline - time.monotonic())
         try:
-            result = _on_host(inventory_dir, name, "cloud-init status --wait --long", left)
+            result = hostkeys.on_host(inventory_dir, name, "cloud-init status --wait --long", left)
         except subprocess.TimeoutExpired:
             last_error = "cloud-init still running"
             continue
         if result.returncode == 255:  # SSH itself: not up yet, or refused
-            if (
-                "IDENTIFICATION HAS CHANGED" in result.stderr
-                or "Host key verification failed" in result.stderr
-            ):
+            if hostkeys.key_refused(result.stderr):
                 raise ConfigureError(str(hostkeys.learn_refusal(inventory_dir, name, result.stderr)))
             last_error = " ".join(result.stderr.split())[-300:] or "no answer"
             time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
@@ -126,16 +111,18 @@ def wait_for_host(inventory_dir: Path, name: str, timeout: float) -> None:
                 if line.strip().startswith(("status", "("))
             )
             # Our user data's own messages start with "llmcloud:"; else the log's last lines.
-            ours = _on_host(inventory_dir, name, f"sudo -n grep -h '^llmcloud:' {CLOUD_INIT_LOG}", 60).stdout
+            ours = hostkeys.on_host(
+                inventory_dir, name, f"sudo -n grep -h '^llmcloud:' {CLOUD_INIT_LOG}", 60
+            ).stdout
             tail = (
                 ours.strip()
-                or _on_host(inventory_dir, name, f"sudo -n tail -n 4 {CLOUD_INIT_LOG}", 60).stdout
+                or hostkeys.on_host(inventory_dir, name, f"sudo -n tail -n 4 {CLOUD_INIT_LOG}", 60).stdout
             )
             raise ConfigureError(
                 f"{name}: cloud-init failed ({detail[-300:] or 'no detail'}); "
                 f"{CLOUD_INIT_LOG} on the VM says: {' | '.join(tail.strip().splitlines()[-4:])[-600:]}"
             )
-        if _on_host(inventory_dir, name, f"test -f {CLOUD_INIT_MARKER}", 60).returncode != 0:
+        if hostkeys.on_host(inventory_dir, name, f"test -f {CLOUD_INIT_MARKER}", 60).returncode != 0:
             raise ConfigureError(
                 f"{name}: cloud-init finished without {CLOUD_INIT_MARKER}; see {CLOUD_INIT_LOG} on the VM"
             )

@@ -192,21 +192,19 @@ def _configure(
     inventory_dir: Path,
     digest,
     servers: dict[str, Node],
+    server_ids: pulumi.Output[dict[str, str]],
     members: list[PoolMember],
 ) -> None:
     """Converge and verify the VMs with Ansible once they exist, and again whenever the inventory changes."""
-    names = list(servers)
     Configure(
         f"{prefix}-configure",
         {
             "digest": digest,
             "inventory_dir": str(inventory_dir),
             # Reached as `ssh -F inventory/<stack>/ssh_config <name>` (the inventory's reach and host keys).
-            "hosts": names,
+            "hosts": list(servers),
             # A replaced VM keeps its addresses but is a new machine: converge it, forget its host key.
-            "servers": pulumi.Output.all(*[n.instance.id for n in servers.values()]).apply(
-                lambda ids: dict(zip(names, ids, strict=True))
-            ),
+            "servers": server_ids,
             "timeout": cfg.configure_timeout,
             "verify": True,
         },
@@ -236,12 +234,11 @@ def program(
     # A VM replaced by this `up` (same address, new machine, new host keys): its old key goes as soon as the
     # new server exists, whoever connects first (Configure, a pool member, a person with ssh -F).
     names = list(servers)
-    pulumi.Output.all(*[n.instance.id for n in servers.values()]).apply(
-        lambda ids: (
-            None
-            if pulumi.runtime.is_dry_run()
-            else hostkeys.forget_replaced(inventory_dir, dict(zip(names, ids, strict=True)))
-        )
+    server_ids = pulumi.Output.all(*[n.instance.id for n in servers.values()]).apply(
+        lambda ids: dict(zip(names, ids, strict=True))
+    )
+    server_ids.apply(
+        lambda ids: None if pulumi.runtime.is_dry_run() else hostkeys.forget_replaced(inventory_dir, ids)
     )
     backup = None
     if cfg.backup.target != BackupTarget.none:
@@ -279,7 +276,7 @@ def program(
     if backup:
         outputs["backup_repository"] = backup.repository
     if cfg.configure:
-        _configure(cfg, prefix, inventory_dir, digest, servers, members)
+        _configure(cfg, prefix, inventory_dir, digest, servers, server_ids, members)
     for key, value in outputs.items():
         pulumi.export(key, value)
     return outputs

@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import types
+from pathlib import Path
 
 from llmcloud import REPO_ROOT, converge
 from llmcloud.progress import Progress
@@ -93,15 +94,20 @@ def test_ansible_stopping_before_any_task_is_told_in_its_own_words(tmp_path):
     assert "not_a_module" in result.first_failure(), result.failures
 
 
-def test_a_playbook_that_changes_something_is_reported_through_the_callback(tmp_path):
-    local = f"{{ansible_connection: local, ansible_python_interpreter: {sys.executable}}}"
-    (tmp_path / "hosts.yml").write_text(f"all:\n  hosts:\n    localhost: {local}\n")
-    playbook = tmp_path / "touch.yml"
-    marker = tmp_path / "marker"
+def touch_playbook(folder: Path) -> tuple[Path, Path]:
+    """A playbook whose one task, "Touch a file", touches a file on every host: (the playbook, the file)."""
+    playbook, marker = folder / "touch.yml", folder / "marker"
     playbook.write_text(
         "- hosts: all\n  gather_facts: false\n  tasks:\n"
         f"    - name: Touch a file\n      ansible.builtin.file: {{path: {marker}, state: touch}}\n"
     )
+    return playbook, marker
+
+
+def test_a_playbook_that_changes_something_is_reported_through_the_callback(tmp_path):
+    local = f"{{ansible_connection: local, ansible_python_interpreter: {sys.executable}}}"
+    (tmp_path / "hosts.yml").write_text(f"all:\n  hosts:\n    localhost: {local}\n")
+    playbook, marker = touch_playbook(tmp_path)
     out = io.StringIO()
     result = converge.converge(tmp_path, Progress("test", out=out), playbook=str(playbook))
     assert result.ok, result.failures

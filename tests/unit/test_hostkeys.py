@@ -20,6 +20,7 @@ from llmcloud.local import system
 from llmcloud.progress import Progress
 from llmcloud.provision import configure
 from tests.packages import SSH_SERVER
+from tests.unit.test_converge import touch_playbook
 
 
 def free_port() -> int:
@@ -166,12 +167,7 @@ def test_converge_records_a_new_key_then_ansible_checks_it(stack):
     key checking on) runs; with another key answering, Ansible refuses to run anything there."""
     sshd, inv_dir, work = stack
     sshd.start(keygen(work / "host_a"))
-    playbook = work / "touch.yml"
-    marker = work / "touched"
-    playbook.write_text(
-        "- hosts: all\n  gather_facts: false\n  tasks:\n"
-        f"    - name: Touch\n      ansible.builtin.file: {{path: {marker}, state: touch}}\n"
-    )
+    playbook, marker = touch_playbook(work)
     out = io.StringIO()
     result = converge.converge(inv_dir, Progress("test", out=out), playbook=str(playbook))
     assert result.ok, result.failures

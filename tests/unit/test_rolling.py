@@ -124,10 +124,10 @@ def test_the_program_chains_the_engine_vms_behind_the_edge_and_each_other(tmp_pa
     instances = {}
     real_configure = program._configure
 
-    def configure_spy(cfg, prefix, inventory_dir, digest, servers, members_):
+    def configure_spy(cfg, prefix, inventory_dir, digest, servers, server_ids, members_):
         instances.update({n: node.instance for n, node in servers.items()})
         instances["members"] = members_
-        real_configure(cfg, prefix, inventory_dir, digest, servers, members_)
+        real_configure(cfg, prefix, inventory_dir, digest, servers, server_ids, members_)
 
     monkeypatch.setattr(program, "_configure", configure_spy)
     deploy(tmp_path, **{**SPLIT, "replicas": 3})
