@@ -57,13 +57,34 @@ def chromium(pin: str):
     return webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
 
 
-def sign_in_at_the_mock_provider(driver, user: str, timeout: float = 30) -> None:
+def wait_for(driver, seconds: float, condition, what: str):
+    """WebDriverWait(driver, seconds).until(condition); past the time, an AssertionError that says what was
+    awaited and what the browser showed instead (address, title, the page's text, its console's errors): a
+    bare TimeoutException tells a CI log nothing."""
+    from selenium.common.exceptions import TimeoutException, WebDriverException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    try:
+        return WebDriverWait(driver, seconds).until(condition)
+    except TimeoutException:
+        try:
+            text = " ".join(driver.find_element(By.TAG_NAME, "body").text.split())[:600]
+            errors = [e["message"][:200] for e in driver.get_log("browser") if e["level"] == "SEVERE"][-5:]
+            shown = f"{driver.current_url} ({driver.title!r}): {text!r}; console errors: {errors}"
+        except WebDriverException as e:
+            shown = f"nothing readable ({e.msg})"
+        raise AssertionError(f"{what}: not within {seconds:.0f}s; the browser showed {shown}") from None
+
+
+def sign_in_at_the_mock_provider(driver, user: str, timeout: float = 60) -> None:
     """On oidc-provider-mock's authorization form: type the user and submit."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ready
-    from selenium.webdriver.support.ui import WebDriverWait
 
-    field = WebDriverWait(driver, timeout).until(ready.presence_of_element_located((By.NAME, "sub")))
+    field = wait_for(
+        driver, timeout, ready.presence_of_element_located((By.NAME, "sub")), "the identity provider's form"
+    )
     field.clear()
     field.send_keys(user)
     field.submit()

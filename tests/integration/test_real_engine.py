@@ -283,12 +283,11 @@ def test_a_chat_in_the_chat_ui_counts_for_its_person_exactly_as_the_engine_repor
     request for her, with exactly the tokens Ollama reported. Screenshot in the artifacts."""
     import urllib.parse
 
-    from browser import artifacts, chromium, sign_in_at_the_mock_provider, spki_pin
+    from browser import artifacts, chromium, sign_in_at_the_mock_provider, spki_pin, wait_for
     from helpers import usage_delta, usage_rows
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions as ready
-    from selenium.webdriver.support.ui import WebDriverWait
 
     from llmcloud.local.login import browser_login
 
@@ -319,12 +318,12 @@ def test_a_chat_in_the_chat_ui_counts_for_its_person_exactly_as_the_engine_repor
     try:
         driver.get(root)
         sign_in_at_the_mock_provider(driver, "alice")
-        WebDriverWait(driver, 120).until(ready.presence_of_element_located((By.ID, "chat-input")))
+        wait_for(driver, 180, ready.presence_of_element_located((By.ID, "chat-input")), "the chat's input")
         driver.get(root + "?models=" + urllib.parse.quote(model))
-        WebDriverWait(driver, 120).until(ready.presence_of_element_located((By.ID, "chat-input")))
+        wait_for(driver, 180, ready.presence_of_element_located((By.ID, "chat-input")), "the chat's input")
         for button in driver.find_elements(By.XPATH, '//button[contains(., "Okay, Let\'s Go!")]'):
             button.click()
-        box = WebDriverWait(driver, 30).until(ready.element_to_be_clickable((By.ID, "chat-input")))
+        box = wait_for(driver, 60, ready.element_to_be_clickable((By.ID, "chat-input")), "a clickable input")
         box.click()
         box.send_keys(prompt)
         box.send_keys(Keys.ENTER)
