@@ -25,10 +25,13 @@ GO_MODULES = {
         "github.com/terraform-provider-openstack/terraform-provider-openstack/v3",
     ],
 }
-#: The PyPI packages the local stack builds its peers' images from.
+#: PyPI packages pinned in sets of their own: the local stack's peers' images, and the test tools that each
+#: have a venv (tests/tools.py).
 PYPI_PEERS = {
-    "llmcloud/local/peers/open-webui/requirements.txt": "open-webui",
-    "llmcloud/local/peers/oidc-mock/requirements.txt": "oidc-provider-mock",
+    "llmcloud/local/peers/open-webui/requirements.txt": ["open-webui"],
+    "llmcloud/local/peers/oidc-mock/requirements.txt": ["oidc-provider-mock"],
+    # sslyze holds its own cryptography back (< 47): listed, so that it is seen.
+    "tests/tools/sslyze.txt": ["sslyze", "cryptography"],
 }
 _TEMPLATE = re.compile(r"\{\{.*?\}\}")
 
@@ -96,9 +99,11 @@ def go_pins() -> list[Pin]:
 
 def pypi_peer_pins() -> list[Pin]:
     pins = []
-    for path, package in PYPI_PEERS.items():
-        version = re.search(rf"^{re.escape(package)}==(\S+)$", (REPO_ROOT / path).read_text(), re.M)
-        pins.append(Pin("pypi", package, version.group(1) if version else "?", path))
+    for path, packages in PYPI_PEERS.items():
+        text = (REPO_ROOT / path).read_text()
+        for package in packages:
+            version = re.search(rf"^{re.escape(package)}==(\S+)$", text, re.M)
+            pins.append(Pin("pypi", package, version.group(1) if version else "?", path))
     services = REPO_ROOT / "testbed" / "requirements-openstack.txt"
     for package in ("nova", "neutron", "keystone", "cinder", "glance", "manila", "swift"):
         version = re.search(rf"^{package}==(\S+)$", services.read_text(), re.M)

@@ -40,6 +40,7 @@ from llmcloud.local.login import browser_login, session
 from llmcloud.local.login import id_token as idp_token
 from llmcloud.local.stack import CLIENT_ID, DOUBLE_MODEL, LABEL, PEER_LABEL, LocalStack
 from llmcloud.progress import Progress
+from tests import tools
 from tests.clients import asking
 
 pytestmark = pytest.mark.integration
@@ -1087,9 +1088,10 @@ def test_chat_ui_answers_no_other_origin_and_keeps_peoples_chats_from_the_admin(
 
 def test_tls_meets_mozilla_intermediate(deployed):
     stack, _ = deployed
+    sslyze = tools.executable("sslyze")  # a venv of its own: tests/tools/sslyze.txt
     scan = subprocess.run(
         [
-            *("sslyze", f"localhost:{stack.https_port}", "--mozilla_config=intermediate"),
+            *(str(sslyze), f"localhost:{stack.https_port}", "--mozilla_config=intermediate"),
             *("--certinfo_ca_file", endpoint(stack)["ca_bundle"]),
         ],
         capture_output=True,
