@@ -10,9 +10,28 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 
+def _unanswered(error: BaseException) -> bool:
+    """The connection closed before any byte of an answer came back (httpx: "Server disconnected without
+    sending a response"): what a kept-alive connection that the server closed as the request went out looks
+    like. nginx closes its idle kept-alive connections when it reloads (a pool change is one), and a request
+    sent in that instant meets a closed socket; browsers send such a request again on a new connection, once
+    (Chromium: a reused socket closed with no response), and so does this client. Nothing else is resent."""
+    import httpx2 as httpx  # the openai client's HTTP library
+
+    while error is not None:
+        if isinstance(error, httpx.RemoteProtocolError) and "without sending a response" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
 def client_loop(endpoint: dict, model: str, stop: threading.Event, results: list, worker: int) -> None:
-    """One client of the endpoint (the openai client, no retries), streamed (odd workers) or not, about 2
-    requests a second, below the rate limits. ``endpoint``: openai_base_url, api_key, ca_bundle."""
+    """One client of the endpoint (the openai client, its retries off), streamed (odd workers) or not, about 2
+    requests a second, below the rate limits. ``endpoint``: openai_base_url, api_key, ca_bundle.
+
+    Every failure counts: an error status (a 502 too), a refused or reset connection, a stream cut short. The
+    one exception: a request no answer began for on a kept-alive connection (`_unanswered`), sent again once
+    as a browser does; failed if that fails too, and its result says it was sent again."""
     from openai import DefaultHttpxClient, OpenAI
 
     with DefaultHttpxClient(verify=endpoint["ca_bundle"], trust_env=False, timeout=60) as http:
@@ -20,18 +39,36 @@ def client_loop(endpoint: dict, model: str, stop: threading.Event, results: list
             base_url=endpoint["openai_base_url"], api_key=endpoint["api_key"], http_client=http, max_retries=0
         )
         ask = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+
+        def once() -> None:
+            if worker % 2:
+                chunks = list(client.chat.completions.create(stream=True, **ask))
+                assert chunks and chunks[-1].choices[0].finish_reason == "length"
+            else:
+                assert client.chat.completions.create(**ask).choices[0].message.content
+
         while not stop.is_set():
             began = time.monotonic()
+            note = ""
             try:
-                if worker % 2:
-                    chunks = list(client.chat.completions.create(stream=True, **ask))
-                    assert chunks and chunks[-1].choices[0].finish_reason == "length"
-                else:
-                    assert client.chat.completions.create(**ask).choices[0].message.content
-                results.append((began, True, ""))
-            except Exception as error:  # every failure counts, whatever it is
+                try:
+                    once()
+                except Exception as error:
+                    if not _unanswered(error):
+                        raise
+                    note = f"sent again after {error!r}"[:300]
+                    once()
+                results.append((began, True, note))
+            except Exception as error:  # every other failure counts, whatever it is
                 results.append((began, False, repr(error)[:300]))
             time.sleep(max(0.0, 0.5 - (time.monotonic() - began)))
+
+
+def tally(results: list) -> str:
+    """How many of the requests failed, and how many were sent again (see client_loop)."""
+    failed = sum(1 for r in results if not r[1])
+    again = sum(1 for r in results if r[1] and r[2])
+    return f"{failed} of {len(results)} requests failed ({again} sent again: a kept-alive connection closed)"
 
 
 @contextmanager

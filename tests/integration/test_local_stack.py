@@ -41,7 +41,7 @@ from llmcloud.local.login import id_token as idp_token
 from llmcloud.local.stack import CLIENT_ID, DOUBLE_MODEL, LABEL, PEER_LABEL, LocalStack
 from llmcloud.progress import Progress
 from tests import tools
-from tests.clients import asking
+from tests.clients import asking, tally
 
 pytestmark = pytest.mark.integration
 
@@ -1728,7 +1728,7 @@ def test_an_engine_change_rolls_through_the_engine_hosts_without_a_failed_reques
     container = system.docker_client().containers.get(stack.container_name(host))
     args = container.exec_run(["docker", "inspect", "-f", "{{json .Args}}", "llm-engine"]).output.decode()
     assert str(tokens) in args, args  # the change was made
-    summary = f"{took:.1f}s, {len(failed)} of {len(results)} requests failed"
+    summary = f"{took:.1f}s, {tally(results)}"
     if len(engines) > 1:
         print(f"\n  engine setting change rolling over {len(engines)} engine hosts: {summary}")
         changed = re.findall(r"TASK \[([^\]]+)\][^\n]*\n(?:[^\n]*\n)*?changed: \[([^\]]+)\]", run.stdout)
@@ -1772,10 +1772,7 @@ def test_a_new_engine_image_rolls_through_the_engine_hosts_without_a_failed_requ
     failed = [r for r in results if not r[1]]
     record_property("engine_image_change_s", round(took, 1))
     record_property("engine_image_change_failed", len(failed))
-    print(
-        f"\n  engine image change rolling over {len(engines)} engine hosts: {took:.1f}s, "
-        f"{len(failed)} of {len(results)} requests failed"
-    )
+    print(f"\n  engine image change rolling over {len(engines)} engine hosts: {took:.1f}s, {tally(results)}")
     assert not failed, failed[:5]
 
 
@@ -1807,6 +1804,6 @@ def test_engine_hosts_waiting_for_a_reboot_are_rebooted_one_at_a_time_without_a_
     failed = [r for r in results if not r[1]]
     record_property("reboot_engines_s", round(took, 1))
     record_property("reboot_engines_failed", len(failed))
-    summary = f"{took:.1f}s, {len(failed)} of {len(results)} requests failed"
+    summary = f"{took:.1f}s, {tally(results)}"
     print(f"\n  {len(engines)} engine hosts rebooted one at a time: {summary}")
     assert not failed, failed[:5]
