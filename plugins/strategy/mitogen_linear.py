@@ -4,15 +4,293 @@ ansible.cfg selects it (``strategy = mitogen_linear``). Plain SSH runs every tas
 Python and the module's zip: about 0.45 s per task here, so a converge of ~170 mostly unchanged tasks spent
 two minutes saying "ok". Over Mitogen a task takes about 0.1 s. Semantics are those of ``linear``.
 
-The `mitogen` package is pinned in requirements.txt. To go back to plain SSH for a run:
-``ANSIBLE_STRATEGY=linear ansible-playbook ...``.
+Every task of every host runs in a worker process forked from this one, and whatever a worker loads or
+compiles dies with it. Two things here keep that work from being done again in each worker:
+
+- Before the first task this process loads, once, what nearly every worker loaded for itself: the filter and
+  test plugins (ours in roles/*/filter_plugins included), the action plugins, the module result decoder, and
+  the list of installed collections that Mitogen reads for each task of a collection's module (~0.1 s each
+  with the ``ansible`` package's ~95 collections). Workers inherit all of it.
+- Jinja compiles a template to Python code each time Ansible templates a string (ansible-core keeps no cache:
+  a no-op converge compiled ~1,300 times, 453 distinct templates, ~10 % of its time). ``TemplateCodeCache``
+  keeps the code on disk, per template and per everything that shapes the code (see its docstring).
+
+Neither changes what a task does. A failure to warm is ignored (workers then load what they need, as
+before); ``LLMCLOUD_TEMPLATE_CACHE=off`` turns the cache off. The `mitogen` package is pinned in
+requirements.txt. To go back to plain SSH for a run: ``ANSIBLE_STRATEGY=linear ansible-playbook ...``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib
+import importlib.util
+import json
+import marshal
+import os
+import shutil
+import stat
+import sys
+import tempfile
+from pathlib import Path
+
 import ansible.plugins.strategy.linear
+import ansible_mitogen.planner
 import ansible_mitogen.strategy
+import jinja2
+from ansible.collections.list import list_collection_dirs
+from ansible.module_utils.ansible_release import __version__ as ansible_version
+from ansible.plugins.loader import action_loader, filter_loader, test_loader
+from ansible.utils.display import Display
+from jinja2 import nodes
+from jinja2.utils import _PassArg
+
+display = Display()
+
+# Modules nearly every worker imported: the module result decoder (private to ansible-core) and the packages
+# behind ansible.builtin.* names of filters, tests and lookups.
+_SHARED_MODULES = (
+    "ansible.module_utils._internal._json._profiles._module_legacy_m2c",
+    "ansible_collections.ansible.builtin.plugins.filter",
+    "ansible_collections.ansible.builtin.plugins.test",
+    "ansible_collections.ansible.builtin.plugins.lookup",
+)
+
+
+class _CollectionDirs:
+    """Mitogen's planner lists the installed collections again in each worker that runs a collection's module;
+    the list is the same for the whole run, so it is made once here."""
+
+    def __init__(self) -> None:
+        self.dirs: frozenset[str] | None = None
+
+    def load(self, invocation) -> None:  # the signature of ansible_mitogen.planner._load_collections
+        if self.dirs is None:
+            self.dirs = frozenset(path.decode("utf-8") for path in list_collection_dirs())
+        invocation._extra_sys_paths.update(self.dirs)
+
+
+class TemplateCodeCache:
+    """Jinja's code for a template string, kept in a private folder and shared by every worker and run.
+
+    The code Jinja generates depends on the template, on the environment's syntax and code generator
+    settings, on Ansible's compile options (backslash escaping, embedded templates), on the Python, Jinja and
+    ansible-core versions, and on how each filter and test the template names takes its arguments (a filter
+    that asks for the context is passed it). All of these but the last make the key; the last is stored with
+    the code and checked against the filters and tests as they resolve now: a changed plugin means a compile.
+
+    Only whole template strings are cached (Ansible's expressions and Jinja's own includes compile as before).
+    The folder is created private (0700); one another user could write to is not used, since its content is
+    code this process would run. It holds at most MAX_ENTRIES templates (it is emptied when it has more).
+    """
+
+    MAX_ENTRIES = 20_000
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.memory: dict[str, object] = {}
+        self.compiles = self.loads = 0
+
+    @classmethod
+    def default_folder(cls) -> Path:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        tag = f"py{sys.version_info[0]}.{sys.version_info[1]}-{importlib.util.MAGIC_NUMBER.hex()}"
+        versions = f"{tag}-jinja{jinja2.__version__}-core{ansible_version}"
+        return base / "llmcloud" / "ansible-templates" / versions
+
+    def ready(self) -> bool:
+        """Create the folder (private) and say whether it is safe to use: ours, not writable by others."""
+        try:
+            self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            for path in (self.folder, self.folder.parent):
+                info = path.lstat()
+                if info.st_uid != os.geteuid() or info.st_mode & 0o022 or not stat.S_ISDIR(info.st_mode):
+                    display.warning(f"Compiled templates not cached: {path} is not a private folder of ours.")
+                    return False
+            if len(os.listdir(self.folder)) > self.MAX_ENTRIES:
+                shutil.rmtree(self.folder)
+                self.folder.mkdir(mode=0o700)
+        except OSError as error:
+            display.vvv(f"mitogen_linear: templates compiled without a cache ({error})")
+            return False
+        return True
+
+    @staticmethod
+    def key(environment, source: str) -> str | None:
+        """The cache key of `source` compiled in `environment` now, or None when it must not be cached."""
+        from ansible._internal._templating import _jinja_bits
+
+        if environment._debuggable_template_source or environment.is_async:
+            return None
+        context = _jinja_bits._TemplateCompileContext.current(optional=True)
+        shape = [
+            sys.version,
+            jinja2.__version__,
+            ansible_version,
+            f"{type(environment).__module__}.{type(environment).__qualname__}",
+            f"{environment.code_generator_class.__module__}.{environment.code_generator_class.__qualname__}",
+            environment.block_start_string,
+            environment.block_end_string,
+            environment.variable_start_string,
+            environment.variable_end_string,
+            environment.comment_start_string,
+            environment.comment_end_string,
+            environment.line_statement_prefix,
+            environment.line_comment_prefix,
+            environment.trim_blocks,
+            environment.lstrip_blocks,
+            environment.newline_sequence,
+            environment.keep_trailing_newline,
+            environment.optimized,
+            repr(environment.autoescape),
+            sorted(environment.extensions),
+            sorted(getattr(environment, "intercepted_binops", ())),
+            sorted(getattr(environment, "intercepted_unops", ())),
+            None if environment.finalize is None else repr(_PassArg.from_obj(environment.finalize)),
+            None if context is None else context.escape_backslashes,
+            _jinja_bits._TemplateConfig.allow_embedded_templates,
+            source,
+        ]
+        return hashlib.sha256(json.dumps(shape, default=str).encode()).hexdigest()
+
+    @staticmethod
+    def calling_conventions(environment, names) -> list[list]:
+        """How each of `names` ([kind, name]: filters, tests) is called as resolved now: [kind, name, how]."""
+        conventions = []
+        for kind, name in names:
+            plugins = environment.filters if kind == "filter" else environment.tests
+            try:
+                plugin = plugins.get(name)
+            except Exception:  # Jinja reports an unknown plugin where the template uses it
+                plugin = None
+            passed = None if plugin is None else _PassArg.from_obj(plugin)
+            conventions.append([kind, name, None if passed is None else passed.name])
+        return conventions
+
+    @staticmethod
+    def plugin_names(template: nodes.Template) -> list[list]:
+        """The filters and tests a parsed template names, as [kind, name], sorted."""
+        found = {
+            ("filter" if isinstance(node, nodes.Filter) else "test", node.name)
+            for node in template.find_all((nodes.Filter, nodes.Test))
+        }
+        return [list(pair) for pair in sorted(found)]
+
+    def compile(self, original, environment, source: str):
+        key = self.key(environment, source)
+        if key is None:
+            return original(environment, source)
+        code = self.memory.get(key) or self._read(key, environment)
+        if code is not None:
+            self.loads += 1
+            return code
+        from jinja2.exceptions import TemplateSyntaxError
+
+        try:
+            parsed = environment._parse(source, None, None)
+        except TemplateSyntaxError:
+            return original(environment, source)  # raises as Jinja would, naming the template
+        code = original(environment, parsed)
+        self.compiles += 1
+        self.memory[key] = code
+        self._write(key, [self.calling_conventions(environment, self.plugin_names(parsed)), code])
+        return code
+
+    def _read(self, key: str, environment):
+        try:
+            conventions, code = marshal.loads((self.folder / key).read_bytes())
+        except (OSError, ValueError, EOFError, TypeError):
+            return None
+        if conventions != self.calling_conventions(environment, [entry[:2] for entry in conventions]):
+            return None  # a filter or test is now called differently: compile again
+        self.memory[key] = code
+        return code
+
+    def _write(self, key: str, entry: list) -> None:
+        try:
+            with tempfile.NamedTemporaryFile(dir=self.folder, prefix=".new-", delete=False) as staged:
+                staged.write(marshal.dumps(entry))
+            os.replace(staged.name, self.folder / key)
+        except (OSError, ValueError) as error:
+            display.vvv(f"mitogen_linear: compiled template not kept ({error})")
+
+
+def install_template_cache(folder: Path) -> TemplateCodeCache | None:
+    """Route AnsibleEnvironment.compile (whole template strings) through a TemplateCodeCache kept in `folder`;
+    None when the folder cannot be used safely (then nothing changes)."""
+    from ansible._internal._templating._jinja_bits import AnsibleEnvironment
+
+    cache = TemplateCodeCache(folder)
+    if not cache.ready():
+        return None
+    original = AnsibleEnvironment.compile
+
+    def compile(self, source, name=None, filename=None, raw=False, defer_init=False):
+        if isinstance(source, str) and name is None and filename is None and not raw and not defer_init:
+            return cache.compile(original, self, source)
+        return original(self, source, name, filename, raw, defer_init)
+
+    AnsibleEnvironment.compile = compile
+    return cache
+
+
+_template_cache_tried = False
+
+
+def _cache_templates() -> None:
+    """Install the template cache once per run (LLMCLOUD_TEMPLATE_CACHE=off: never); workers inherit it."""
+    global _template_cache_tried
+    if _template_cache_tried:
+        return
+    _template_cache_tried = True
+    if os.environ.get("LLMCLOUD_TEMPLATE_CACHE", "on").lower() not in {"off", "0", "no", "false"}:
+        install_template_cache(TemplateCodeCache.default_folder())
+
+
+def _warm_plugins() -> None:
+    """Load the filter, test and action plugins here, where each worker finds them. A role with plugins of its
+    own, included during the play (include_role), empties these caches, so this runs before each task (it
+    returns at once when they are full)."""
+    for loader in (filter_loader, test_loader):
+        for _plugin in loader.all():
+            pass
+    for _plugin in action_loader.all(class_only=True):
+        pass
+
+
+_warm_once_done = False
+
+
+def _warm_once() -> None:
+    """Load, once per run, what stays the same for it: modules every worker imports, the collections' list."""
+    global _warm_once_done
+    if _warm_once_done:
+        return
+    _warm_once_done = True
+    for name in _SHARED_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError:  # another ansible-core: its workers import what they need
+            display.vvv(f"mitogen_linear: {name} not preloaded")
+    collections = _CollectionDirs()
+    collections.load(type("_Invocation", (), {"_extra_sys_paths": set()})())
+    if getattr(ansible_mitogen.planner, "_load_collections", None) is not None:
+        ansible_mitogen.planner._load_collections = collections.load
+
+
+def _try(step) -> None:
+    try:
+        step()
+    except Exception as error:  # an optimisation only: never fail a run over it
+        display.vvv(f"mitogen_linear: {step.__name__} skipped ({error!r})")
 
 
 class StrategyModule(ansible_mitogen.strategy.StrategyMixin, ansible.plugins.strategy.linear.StrategyModule):
-    pass
+    def run(self, iterator, play_context):
+        for step in (_warm_once, _cache_templates):
+            _try(step)
+        return super().run(iterator, play_context)
+
+    def _queue_task(self, host, task, task_vars, play_context):
+        _try(_warm_plugins)
+        return super()._queue_task(host, task, task_vars, play_context)

@@ -1,0 +1,120 @@
+"""The strategy plugin's cache of compiled templates (plugins/strategy/mitogen_linear.py): each worker of a
+run reads the code a worker before it compiled; what it renders must be what Ansible renders without it."""
+
+from __future__ import annotations
+
+import importlib.util
+import marshal
+
+import pytest
+from ansible._internal._templating._jinja_bits import AnsibleEnvironment
+from ansible.parsing.dataloader import DataLoader
+from ansible.template import Templar, trust_as_template
+
+from llmcloud import REPO_ROOT
+
+PLUGIN = REPO_ROOT / "plugins" / "strategy" / "mitogen_linear.py"
+
+
+@pytest.fixture(scope="module")
+def strategy():
+    spec = importlib.util.spec_from_file_location("llmcloud_mitogen_linear", PLUGIN)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def install(strategy, monkeypatch):
+    """Install a cache in a folder; Ansible's own compile comes back after the test."""
+    monkeypatch.setattr(AnsibleEnvironment, "compile", AnsibleEnvironment.compile)
+    return strategy.install_template_cache
+
+
+def render(template: str, **variables):
+    return Templar(loader=DataLoader(), variables=variables).template(trust_as_template(template))
+
+
+TEMPLATES = [
+    ("{{ name | upper }} has {{ items | length }} items", {"name": "edge", "items": [1, 2, 3]}),
+    ("{% for key in keys | sort %}{{ key }},{% endfor %}", {"keys": ["b", "a"]}),
+    ("{{ 'yes' if port is number and port > 1024 else 'no' }}", {"port": 8443}),
+    ("{{ hosts | map(attribute='name') | join(' ') }}", {"hosts": [{"name": "llm1"}, {"name": "llm2"}]}),
+    ("{{ missing | default('a \\\\ b') }}", {}),
+    ("{{ {'a': 1} | to_json }}", {}),
+]
+
+
+@pytest.mark.parametrize(("template", "variables"), TEMPLATES)
+def test_a_later_worker_reads_the_code_and_renders_the_same(install, tmp_path, template, variables):
+    expected = render(template, **variables)
+    first = install(tmp_path / "cache")
+    assert render(template, **variables) == expected
+    assert first.compiles == 1 and first.loads == 0
+    # Another worker: a new process with an empty memory, the same folder.
+    later = install(tmp_path / "cache")
+    assert render(template, **variables) == expected
+    assert later.compiles == 0 and later.loads == 1
+
+
+def test_the_code_follows_the_compile_options(install, tmp_path):
+    """Backslash escaping and whitespace control shape the code: each combination has its own entry."""
+    cache = install(tmp_path / "cache")
+    source = "{{ '\\n' | length }}"
+    environment = AnsibleEnvironment()
+    trimmed = environment.overlay(trim_blocks=not environment.trim_blocks)
+    keys = {cache.key(environment, source), cache.key(trimmed, source)}
+    from ansible._internal._templating._jinja_bits import _TemplateCompileContext
+
+    for escape in (True, False):
+        with _TemplateCompileContext(escape_backslashes=escape):
+            keys.add(cache.key(environment, source))
+    assert len(keys) == 4
+    assert cache.key(environment, source) != cache.key(environment, source + " ")
+
+
+def test_a_filter_now_called_differently_means_a_new_compile(install, tmp_path):
+    """The code passes a filter the context when the filter asked for it when compiled: a changed plugin must
+    not run with code made for the old one."""
+    first = install(tmp_path / "cache")
+    assert render("{{ 'x' | upper }}") == "X"
+    [entry] = [path for path in (tmp_path / "cache").iterdir()]
+    conventions, code = marshal.loads(entry.read_bytes())
+    assert conventions == [["filter", "upper", None]]
+    entry.write_bytes(marshal.dumps([[["filter", "upper", "context"]], code]))
+
+    later = install(tmp_path / "cache")
+    assert render("{{ 'x' | upper }}") == "X"
+    assert later.compiles == 1 and later.loads == 0
+    assert first.compiles == 1
+
+
+def test_a_folder_others_can_write_to_is_not_used(install, tmp_path):
+    """Its entries are code this process would run: one another user could write is a way in."""
+    folder = tmp_path / "cache"
+    folder.mkdir(mode=0o700)
+    folder.chmod(0o770)
+    assert install(folder) is None
+    assert render("{{ 1 + 1 }}") == 2  # Ansible's own compile, untouched
+
+
+def test_a_broken_entry_is_compiled_again(install, tmp_path):
+    install(tmp_path / "cache")
+    assert render("{{ 2 * 3 }}") == 6
+    [entry] = list((tmp_path / "cache").iterdir())
+    entry.write_bytes(b"not marshal data")
+    later = install(tmp_path / "cache")
+    assert render("{{ 2 * 3 }}") == 6
+    assert later.compiles == 1
+
+
+def test_a_syntax_error_reads_as_without_the_cache(install, tmp_path):
+    from ansible.errors import AnsibleTemplateError
+
+    with pytest.raises(AnsibleTemplateError) as plain:
+        render("{{ name | }}", name="x")
+    install(tmp_path / "cache")
+    with pytest.raises(AnsibleTemplateError) as cached:
+        render("{{ name | }}", name="x")
+    assert str(cached.value) == str(plain.value)
+    assert list((tmp_path / "cache").iterdir()) == []
