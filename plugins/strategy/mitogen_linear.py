@@ -99,14 +99,19 @@ class TemplateCodeCache:
         return base / "llmcloud" / "ansible-templates" / versions
 
     def ready(self) -> bool:
-        """Create the folder (private) and say whether it is safe to use: ours, not writable by others."""
+        """Create the folder and say whether it is safe to use. It and the two folders above it (`llmcloud`,
+        `ansible-templates`) must be ours and writable by nobody else: where one of ours is (a umask of 002),
+        that is mended here; one that is not ours means no cache."""
         try:
             self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-            for path in (self.folder, self.folder.parent):
+            for path in (self.folder.parent.parent, self.folder.parent, self.folder):
                 info = path.lstat()
-                if info.st_uid != os.geteuid() or info.st_mode & 0o022 or not stat.S_ISDIR(info.st_mode):
-                    display.warning(f"Compiled templates not cached: {path} is not a private folder of ours.")
+                if info.st_uid != os.geteuid() or not stat.S_ISDIR(info.st_mode):
+                    display.warning(f"Compiled templates not cached: {path} is not a folder of this user.")
                     return False
+                private = 0o700 if path == self.folder else info.st_mode & 0o755
+                if stat.S_IMODE(info.st_mode) != private and (path == self.folder or info.st_mode & 0o022):
+                    path.chmod(private)
             if len(os.listdir(self.folder)) > self.MAX_ENTRIES:
                 shutil.rmtree(self.folder)
                 self.folder.mkdir(mode=0o700)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib.util
 import marshal
+import os
+import stat
 
 import pytest
 from ansible._internal._templating._jinja_bits import AnsibleEnvironment
@@ -89,11 +91,25 @@ def test_a_filter_now_called_differently_means_a_new_compile(install, tmp_path):
     assert first.compiles == 1
 
 
-def test_a_folder_others_can_write_to_is_not_used(install, tmp_path):
-    """Its entries are code this process would run: one another user could write is a way in."""
-    folder = tmp_path / "cache"
-    folder.mkdir(mode=0o700)
-    folder.chmod(0o770)
+def test_the_folder_is_private_even_under_a_loose_umask(install, tmp_path):
+    """Its entries are code this process runs: nobody else may write there. A umask of 002 (Debian's for
+    users with a group of their own) would have made the folders group-writable."""
+    previous = os.umask(0o002)
+    try:
+        cache = install(tmp_path / "llmcloud" / "ansible-templates" / "versions")
+    finally:
+        os.umask(previous)
+    assert cache is not None
+    assert stat.S_IMODE((tmp_path / "llmcloud" / "ansible-templates" / "versions").stat().st_mode) == 0o700
+    for above in (tmp_path / "llmcloud", tmp_path / "llmcloud" / "ansible-templates"):
+        assert not above.stat().st_mode & 0o022
+    assert render("{{ 1 + 1 }}") == 2
+
+
+def test_a_folder_of_another_user_is_not_used(install, tmp_path, monkeypatch):
+    folder = tmp_path / "llmcloud" / "ansible-templates" / "versions"
+    folder.mkdir(parents=True)
+    monkeypatch.setattr(os, "geteuid", lambda: os.getuid() + 1)  # as if another user owned the folders
     assert install(folder) is None
     assert render("{{ 1 + 1 }}") == 2  # Ansible's own compile, untouched
 
