@@ -51,10 +51,15 @@ def yardstick() -> float:
     return best
 
 
-def role_profile(strategy: str) -> tuple[float, dict[str, float]]:
+def role_profile(strategy: str, template_cache: bool = True) -> tuple[float, dict[str, float]]:
     """A no-op `ansible-playbook site.yml` on the bench stack: wall time and seconds per role; prints the
-    controller's CPU and the cost per task and host."""
-    env = {**os.environ, "ANSIBLE_STRATEGY": strategy}
+    controller's CPU and the cost per task and host. template_cache=False: without the strategy plugin's cache
+    of compiled templates (plugins/strategy/mitogen_linear.py)."""
+    env = {
+        **os.environ,
+        "ANSIBLE_STRATEGY": strategy,
+        "LLMCLOUD_TEMPLATE_CACHE": "on" if template_cache else "off",
+    }
     env["ANSIBLE_CALLBACKS_ENABLED"] = "ansible.posix.profile_roles"
     cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     began = time.monotonic()
@@ -74,7 +79,8 @@ def role_profile(strategy: str) -> tuple[float, dict[str, float]]:
         int(m.group(1)) + int(m.group(2)) for m in re.finditer(r" ok=(\d+) .* skipped=(\d+)", run.stdout)
     )
     print(
-        f"no-op over {strategy}: {took:.1f}s wall, {cpu:.1f}s controller CPU, {tasks} task runs: "
+        f"no-op over {strategy}{'' if template_cache else ' (no template cache)'}: {took:.1f}s wall, "
+        f"{cpu:.1f}s controller CPU, {tasks} task runs: "
         f"{1000 * took / tasks:.0f} ms wall and {1000 * cpu / tasks:.0f} ms controller CPU per task and host",
         file=sys.stderr,
         flush=True,
@@ -110,8 +116,13 @@ def main() -> None:
         timed("make converge (no-op)", "converge", *STACK),
         timed("make verify", "verify", *STACK),
     ]
-    # Where a no-op converge spends its time, over Mitogen (ansible.cfg) and over plain SSH.
-    profiles = {strategy: role_profile(strategy) for strategy in ("mitogen_linear", "linear")}
+    # Where a no-op converge spends its time: over Mitogen (ansible.cfg), with and without the compiled
+    # templates' cache, and over plain SSH.
+    profiles = {
+        "Mitogen": role_profile("mitogen_linear"),
+        "no cache": role_profile("mitogen_linear", template_cache=False),
+        "plain SSH": role_profile("linear"),
+    }
     subprocess.run(["make", "--no-print-directory", "down", *STACK], cwd=ROOT, capture_output=True)
     rows.append(timed("make local (image cached, fresh hosts)", "local", *STACK))
     subprocess.run(["make", "--no-print-directory", "down", *STACK], cwd=ROOT, capture_output=True)
@@ -125,11 +136,13 @@ def main() -> None:
     print(f"\n{'step':<48} {'wall time':>10}")
     for label, took in rows:
         print(f"{label:<48} {took:>9.1f}s")
-    fast, slow = profiles["mitogen_linear"], profiles["linear"]
-    print(f"\nno-op ansible-playbook site.yml, seconds per role {'Mitogen':>9} {'plain SSH':>10}")
-    for role in sorted(set(fast[1]) | set(slow[1]), key=lambda r: -slow[1].get(r, 0)):
-        print(f"  {role:<44} {fast[1].get(role, 0):>9.1f} {slow[1].get(role, 0):>10.1f}")
-    print(f"  {'wall time':<44} {fast[0]:>9.1f} {slow[0]:>10.1f}")
+    print("\nno-op ansible-playbook site.yml, seconds per role" + "".join(f"{name:>11}" for name in profiles))
+    roles = set().union(*(per_role for _, per_role in profiles.values()))
+    for role in sorted(roles, key=lambda r: -profiles["plain SSH"][1].get(r, 0)):
+        print(
+            f"  {role:<44}" + "".join(f"{per_role.get(role, 0):>11.1f}" for _, per_role in profiles.values())
+        )
+    print(f"  {'wall time':<44}" + "".join(f"{took:>11.1f}" for took, _ in profiles.values()))
 
 
 if __name__ == "__main__":
