@@ -193,9 +193,9 @@ class TemplateCodeCache:
 
         try:
             parsed = environment._parse(source, None, None)
+            code = original(environment, parsed)
         except TemplateSyntaxError:
-            return original(environment, source)  # raises as Jinja would, naming the template
-        code = original(environment, parsed)
+            return original(environment, source)  # raises as Jinja would, showing the template's source
         self.compiles += 1
         self.memory[key] = code
         self._write(key, [self.calling_conventions(environment, self.plugin_names(parsed)), code])

@@ -124,13 +124,15 @@ def test_a_broken_entry_is_compiled_again(install, tmp_path):
     assert later.compiles == 1
 
 
-def test_a_syntax_error_reads_as_without_the_cache(install, tmp_path):
-    from ansible.errors import AnsibleTemplateError
+@pytest.mark.parametrize("broken", ["{{ name | }}", "{{ name | no_such_filter }}", "{% if %}"])
+def test_an_error_reads_as_without_the_cache(install, tmp_path, broken):
+    from ansible.errors import AnsibleError
 
-    with pytest.raises(AnsibleTemplateError) as plain:
-        render("{{ name | }}", name="x")
+    with pytest.raises(AnsibleError) as plain:
+        render(broken, name="x")
     install(tmp_path / "cache")
-    with pytest.raises(AnsibleTemplateError) as cached:
-        render("{{ name | }}", name="x")
+    with pytest.raises(AnsibleError) as cached:
+        render(broken, name="x")
+    assert type(cached.value) is type(plain.value)
     assert str(cached.value) == str(plain.value)
     assert list((tmp_path / "cache").iterdir()) == []
