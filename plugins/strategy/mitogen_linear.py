@@ -43,7 +43,11 @@ from ansible.module_utils.ansible_release import __version__ as ansible_version
 from ansible.plugins.loader import action_loader, filter_loader, test_loader
 from ansible.utils.display import Display
 from jinja2 import nodes
-from jinja2.utils import _PassArg
+
+try:  # private to Jinja: without it (another Jinja) templates are compiled as before, without the cache
+    from jinja2.utils import _PassArg
+except ImportError:
+    _PassArg = None
 
 display = Display()
 
@@ -226,7 +230,7 @@ def install_template_cache(folder: Path) -> TemplateCodeCache | None:
     from ansible._internal._templating._jinja_bits import AnsibleEnvironment
 
     cache = TemplateCodeCache(folder)
-    if not cache.ready():
+    if _PassArg is None or not cache.ready():
         return None
     original = AnsibleEnvironment.compile
 
