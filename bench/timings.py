@@ -59,8 +59,8 @@ def role_profile(strategy: str, template_cache: bool = True) -> tuple[float, dic
         **os.environ,
         "ANSIBLE_STRATEGY": strategy,
         "LLMCLOUD_TEMPLATE_CACHE": "on" if template_cache else "off",
+        "ANSIBLE_CALLBACKS_ENABLED": "ansible.posix.profile_roles",
     }
-    env["ANSIBLE_CALLBACKS_ENABLED"] = "ansible.posix.profile_roles"
     cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     began = time.monotonic()
     run = subprocess.run(

@@ -43,11 +43,13 @@ from ansible.module_utils.ansible_release import __version__ as ansible_version
 from ansible.plugins.loader import action_loader, filter_loader, test_loader
 from ansible.utils.display import Display
 from jinja2 import nodes
+from jinja2.exceptions import TemplateSyntaxError
 
-try:  # private to Jinja: without it (another Jinja) templates are compiled as before, without the cache
+try:  # private to ansible-core and Jinja: without them (other versions) templates compile as before, uncached
+    from ansible._internal._templating import _jinja_bits
     from jinja2.utils import _PassArg
 except ImportError:
-    _PassArg = None
+    _jinja_bits = _PassArg = None
 
 display = Display()
 
@@ -59,19 +61,6 @@ _SHARED_MODULES = (
     "ansible_collections.ansible.builtin.plugins.test",
     "ansible_collections.ansible.builtin.plugins.lookup",
 )
-
-
-class _CollectionDirs:
-    """Mitogen's planner lists the installed collections again in each worker that runs a collection's module;
-    the list is the same for the whole run, so it is made once here."""
-
-    def __init__(self) -> None:
-        self.dirs: frozenset[str] | None = None
-
-    def load(self, invocation) -> None:  # the signature of ansible_mitogen.planner._load_collections
-        if self.dirs is None:
-            self.dirs = frozenset(path.decode("utf-8") for path in list_collection_dirs())
-        invocation._extra_sys_paths.update(self.dirs)
 
 
 class TemplateCodeCache:
@@ -127,8 +116,6 @@ class TemplateCodeCache:
     @staticmethod
     def key(environment, source: str) -> str | None:
         """The cache key of `source` compiled in `environment` now, or None when it must not be cached."""
-        from ansible._internal._templating import _jinja_bits
-
         if environment._debuggable_template_source or environment.is_async:
             return None
         context = _jinja_bits._TemplateCompileContext.current(optional=True)
@@ -193,8 +180,6 @@ class TemplateCodeCache:
         if code is not None:
             self.loads += 1
             return code
-        from jinja2.exceptions import TemplateSyntaxError
-
         try:
             parsed = environment._parse(source, None, None)
             code = original(environment, parsed)
@@ -227,11 +212,12 @@ class TemplateCodeCache:
 def install_template_cache(folder: Path) -> TemplateCodeCache | None:
     """Route AnsibleEnvironment.compile (whole template strings) through a TemplateCodeCache kept in `folder`;
     None when the folder cannot be used safely (then nothing changes)."""
-    from ansible._internal._templating._jinja_bits import AnsibleEnvironment
-
-    cache = TemplateCodeCache(folder)
-    if _PassArg is None or not cache.ready():
+    if _jinja_bits is None or _PassArg is None:
         return None
+    cache = TemplateCodeCache(folder)
+    if not cache.ready():
+        return None
+    AnsibleEnvironment = _jinja_bits.AnsibleEnvironment
     original = AnsibleEnvironment.compile
 
     def compile(self, source, name=None, filename=None, raw=False, defer_init=False):
@@ -243,15 +229,8 @@ def install_template_cache(folder: Path) -> TemplateCodeCache | None:
     return cache
 
 
-_template_cache_tried = False
-
-
 def _cache_templates() -> None:
-    """Install the template cache once per run (LLMCLOUD_TEMPLATE_CACHE=off: never); workers inherit it."""
-    global _template_cache_tried
-    if _template_cache_tried:
-        return
-    _template_cache_tried = True
+    """Install the template cache (LLMCLOUD_TEMPLATE_CACHE=off: not); workers inherit it."""
     if os.environ.get("LLMCLOUD_TEMPLATE_CACHE", "on").lower() not in {"off", "0", "no", "false"}:
         install_template_cache(TemplateCodeCache.default_folder())
 
@@ -267,24 +246,22 @@ def _warm_plugins() -> None:
         pass
 
 
-_warm_once_done = False
-
-
-def _warm_once() -> None:
-    """Load, once per run, what stays the same for it: modules every worker imports, the collections' list."""
-    global _warm_once_done
-    if _warm_once_done:
-        return
-    _warm_once_done = True
+def _warm_modules() -> None:
+    """Import what every worker imported, and list the installed collections once: Mitogen's planner listed
+    them again in each worker that ran a collection's module, and the list is the same for the whole run."""
     for name in _SHARED_MODULES:
         try:
             importlib.import_module(name)
         except ImportError:  # another ansible-core: its workers import what they need
             display.vvv(f"mitogen_linear: {name} not preloaded")
-    collections = _CollectionDirs()
-    collections.load(type("_Invocation", (), {"_extra_sys_paths": set()})())
-    if getattr(ansible_mitogen.planner, "_load_collections", None) is not None:
-        ansible_mitogen.planner._load_collections = collections.load
+    if getattr(ansible_mitogen.planner, "_load_collections", None) is None:
+        return
+    dirs = frozenset(path.decode("utf-8") for path in list_collection_dirs())
+
+    def load_collections(invocation) -> None:  # the signature of ansible_mitogen.planner._load_collections
+        invocation._extra_sys_paths.update(dirs)
+
+    ansible_mitogen.planner._load_collections = load_collections
 
 
 def _try(step) -> None:
@@ -294,10 +271,16 @@ def _try(step) -> None:
         display.vvv(f"mitogen_linear: {step.__name__} skipped ({error!r})")
 
 
+_prepared = False
+
+
 class StrategyModule(ansible_mitogen.strategy.StrategyMixin, ansible.plugins.strategy.linear.StrategyModule):
     def run(self, iterator, play_context):
-        for step in (_warm_once, _cache_templates):
-            _try(step)
+        global _prepared
+        if not _prepared:  # once per ansible-playbook, at its first play
+            _prepared = True
+            for step in (_warm_modules, _cache_templates):
+                _try(step)
         return super().run(iterator, play_context)
 
     def _queue_task(self, host, task, task_vars, play_context):
