@@ -15,7 +15,11 @@ compiles dies with it. Two things here keep that work from being done again in e
   a no-op converge compiled ~1,300 times, 453 distinct templates, ~10 % of its time). ``TemplateCodeCache``
   keeps the code on disk, per template and per everything that shapes the code (see its docstring).
 
-Neither changes what a task does. A failure to warm is ignored (workers then load what they need, as
+One more thing is done once here instead of before every task: ansible-core reads and parses a play's
+``vars_files`` (vars/site.yml) again each time it gathers a task's variables, ~300 times in a no-op converge
+of one host. ``cache_vars_files`` keeps each file's parsed content for as long as the file is unchanged.
+
+None of it changes what a task does. A failure to warm is ignored (workers then load what they need, as
 before); ``LLMCLOUD_TEMPLATE_CACHE=off`` turns the cache off. The `mitogen` package is pinned in
 requirements.txt. To go back to plain SSH for a run: ``ANSIBLE_STRATEGY=linear ansible-playbook ...``.
 """
@@ -40,6 +44,7 @@ import ansible_mitogen.strategy
 import jinja2
 from ansible.collections.list import list_collection_dirs
 from ansible.module_utils.ansible_release import __version__ as ansible_version
+from ansible.parsing.dataloader import DataLoader
 from ansible.plugins.loader import action_loader, filter_loader, test_loader
 from ansible.utils.display import Display
 from jinja2 import nodes
@@ -235,15 +240,58 @@ def _cache_templates() -> None:
         install_template_cache(TemplateCodeCache.default_folder())
 
 
+def cache_vars_files() -> None:
+    """Parse each vars_files file once per run and content: ansible-core parses a play's vars_files again for
+    every task and host (DataLoader.load_from_file with cache="vaulted" keeps encrypted files only). The key
+    is the file's path, inode, size and modification time, so a file changed during the run is read again."""
+    original = DataLoader.load_from_file
+    parsed: dict[tuple, object] = {}
+
+    def load_from_file(
+        self, file_name, cache="all", unsafe=False, json_only=False, trusted_as_template=False
+    ):
+        if cache != "vaulted" or not unsafe:  # vars_files asks for exactly this; every other caller as before
+            return original(self, file_name, cache, unsafe, json_only, trusted_as_template)
+        path = self.path_dwim(file_name)
+        try:
+            found = os.stat(path)
+        except OSError:  # Ansible's own error
+            return original(self, file_name, cache, unsafe, json_only, trusted_as_template)
+        key = (path, found.st_ino, found.st_size, found.st_mtime_ns, json_only, trusted_as_template)
+        if key not in parsed:
+            parsed[key] = original(self, file_name, cache, unsafe, json_only, trusted_as_template)
+        return parsed[key]
+
+    DataLoader.load_from_file = load_from_file
+
+
+# The plugin caches as _warm_plugins left them: a loader whose cache is another object was emptied since.
+_warmed: tuple = ()
+
+
+def _plugin_caches() -> tuple:
+    """The caches a worker reads: the filter and test wrappers, the action plugins' modules."""
+    return (
+        filter_loader._cached_non_collection_wrappers,
+        test_loader._cached_non_collection_wrappers,
+        action_loader._module_cache,
+    )
+
+
 def _warm_plugins() -> None:
     """Load the filter, test and action plugins here, where each worker finds them. A role with plugins of its
-    own, included during the play (include_role), empties these caches, so this runs before each task (it
-    returns at once when they are full)."""
+    own, included during the play (include_role), empties these caches (a new cache object), so this runs
+    before each task and does the work again only then."""
+    global _warmed
+    caches = _plugin_caches()
+    if len(caches) == len(_warmed) and all(now is then for now, then in zip(caches, _warmed, strict=True)):
+        return
     for loader in (filter_loader, test_loader):
         for _plugin in loader.all():
             pass
     for _plugin in action_loader.all(class_only=True):
         pass
+    _warmed = _plugin_caches()
 
 
 def _warm_modules() -> None:
@@ -279,7 +327,7 @@ class StrategyModule(ansible_mitogen.strategy.StrategyMixin, ansible.plugins.str
         global _prepared
         if not _prepared:  # once per ansible-playbook, at its first play
             _prepared = True
-            for step in (_warm_modules, _cache_templates):
+            for step in (_warm_modules, _cache_templates, cache_vars_files):
                 _try(step)
         return super().run(iterator, play_context)
 

@@ -136,3 +136,90 @@ def test_an_error_reads_as_without_the_cache(install, tmp_path, broken):
     assert type(cached.value) is type(plain.value)
     assert str(cached.value) == str(plain.value)
     assert list((tmp_path / "cache").iterdir()) == []
+
+
+@pytest.fixture
+def vars_files(strategy, monkeypatch):
+    """The parse-once vars_files loader installed; Ansible's own comes back after the test. Returns a list
+    that records each parse Ansible's loader did."""
+    parses = []
+    original = DataLoader.load_from_file
+
+    def counting(self, file_name, *args, **kwargs):
+        parses.append(file_name)
+        return original(self, file_name, *args, **kwargs)
+
+    monkeypatch.setattr(DataLoader, "load_from_file", counting)
+    strategy.cache_vars_files()
+    return parses
+
+
+def load_as_vars_files(path):
+    """What ansible-core's VariableManager asks for a play's vars_files."""
+    return DataLoader().load_from_file(str(path), unsafe=True, cache="vaulted", trusted_as_template=True)
+
+
+def test_a_vars_file_is_parsed_once_while_it_is_unchanged(vars_files, tmp_path):
+    site = tmp_path / "site.yml"
+    site.write_text('__site_a: 1\n__site_b: "{{ __site_a + 1 }}"\n')
+    first = load_as_vars_files(site)
+    assert first == {"__site_a": 1, "__site_b": "{{ __site_a + 1 }}"}
+    assert load_as_vars_files(site) is first
+    assert len(vars_files) == 1
+    # The template in it stays a template Ansible trusts (vars_files are the playbook's own).
+    assert render_with(first, "{{ __site_b }}") == 2
+
+
+def test_a_vars_file_changed_during_the_run_is_read_again(vars_files, tmp_path):
+    site = tmp_path / "site.yml"
+    site.write_text("__site_a: 1\n")
+    assert load_as_vars_files(site) == {"__site_a": 1}
+    site.write_text("__site_a: 22\n")
+    os.utime(site, ns=(site.stat().st_atime_ns, site.stat().st_mtime_ns + 1_000_000))
+    assert load_as_vars_files(site) == {"__site_a": 22}
+    assert len(vars_files) == 2
+
+
+def test_other_loads_are_ansibles_own(vars_files, tmp_path):
+    """Role files, include_vars and inventories (other cache modes, copies) are read as before."""
+    other = tmp_path / "defaults.yml"
+    other.write_text("x: [1]\n")
+    first = DataLoader().load_from_file(str(other))
+    first["x"].append(2)  # a caller may change its copy: the next caller gets the file's content
+    assert DataLoader().load_from_file(str(other)) == {"x": [1]}
+    assert DataLoader().load_from_file(str(other), cache="none") == {"x": [1]}
+    assert len(vars_files) == 3
+
+
+def test_a_missing_vars_file_fails_as_without_the_cache(vars_files, tmp_path):
+    from ansible.errors import AnsibleError
+
+    with pytest.raises(AnsibleError, match="Unable to retrieve file contents"):
+        load_as_vars_files(tmp_path / "missing.yml")
+
+
+def render_with(variables: dict, template: str):
+    return Templar(loader=DataLoader(), variables=variables).template(trust_as_template(template))
+
+
+def test_plugins_are_loaded_again_only_after_their_cache_was_emptied(strategy, monkeypatch):
+    from ansible.plugins.loader import filter_loader
+
+    strategy._warm_plugins()
+    listed = []
+    original = filter_loader.all
+
+    def counting(*args, **kwargs):
+        listed.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(filter_loader, "all", counting)
+    strategy._warm_plugins()
+    assert listed == []  # nothing emptied: nothing to do before this task
+    # include_role of a role with filter_plugins empties the cache (a new, empty one)
+    monkeypatch.setattr(filter_loader, "_cached_non_collection_wrappers", {})
+    strategy._warm_plugins()
+    assert listed == [1]
+    assert "to_nice_json" in filter_loader._cached_non_collection_wrappers  # loaded again, before the forks
+    strategy._warm_plugins()
+    assert listed == [1]
