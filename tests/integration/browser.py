@@ -11,6 +11,7 @@ import base64
 import hashlib
 import os
 import ssl
+import time
 from pathlib import Path
 
 from cryptography import x509
@@ -57,20 +58,53 @@ def chromium(pin: str):
     return webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
 
 
+def console(driver) -> list[dict]:
+    """Every entry of the page's console since the browser started. Chromium hands each entry out once
+    (get_log), so they are kept on the driver: waiting for a page must not hide a CSP violation from a later
+    check."""
+    kept = getattr(driver, "llmcloud_console", None)
+    if kept is None:
+        kept = driver.llmcloud_console = []
+    kept.extend(driver.get_log("browser"))
+    return kept
+
+
 def wait_for(driver, seconds: float, condition, what: str):
     """WebDriverWait(driver, seconds).until(condition); past the time, an AssertionError that says what was
     awaited and what the browser showed instead (address, title, the page's text, its console's errors): a
-    bare TimeoutException tells a CI log nothing."""
+    bare TimeoutException tells a CI log nothing.
+
+    Chromium fails a page's requests in flight with net::ERR_NETWORK_CHANGED when a network interface comes or
+    goes on this machine (the containers of the suites running beside this one), and a single-page app such
+    as Open WebUI then waits forever ("Signing in"): the page is loaded again then, as a person would, at most
+    twice."""
     from selenium.common.exceptions import TimeoutException, WebDriverException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    try:
-        return WebDriverWait(driver, seconds).until(condition)
-    except TimeoutException:
+    deadline = time.monotonic() + seconds
+    seen = len(console(driver))  # what the console said before this wait is not this wait's business
+    reloads = 0
+    while True:
+        try:
+            return WebDriverWait(driver, max(0.5, min(5.0, deadline - time.monotonic()))).until(condition)
+        except TimeoutException:
+            pass
+        try:
+            entries = console(driver)
+        except WebDriverException:
+            entries = []
+        changed = any("ERR_NETWORK_CHANGED" in e["message"] for e in entries[seen:])
+        seen = len(entries)
+        if changed and reloads < 2:
+            reloads += 1
+            driver.refresh()
+            continue
+        if time.monotonic() < deadline:
+            continue
         try:
             text = " ".join(driver.find_element(By.TAG_NAME, "body").text.split())[:600]
-            errors = [e["message"][:200] for e in driver.get_log("browser") if e["level"] == "SEVERE"][-5:]
+            errors = [e["message"][:200] for e in console(driver) if e["level"] == "SEVERE"][-5:]
             shown = f"{driver.current_url} ({driver.title!r}): {text!r}; console errors: {errors}"
         except WebDriverException as e:
             shown = f"nothing readable ({e.msg})"
@@ -91,7 +125,7 @@ def sign_in_at_the_mock_provider(driver, user: str, timeout: float = 60) -> None
 
 
 def csp_violations(driver) -> list[str]:
-    return [e["message"] for e in driver.get_log("browser") if "Content Security Policy" in e["message"]]
+    return [e["message"] for e in console(driver) if "Content Security Policy" in e["message"]]
 
 
 def serve_page(html: str):
