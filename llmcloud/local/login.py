@@ -8,13 +8,46 @@ from __future__ import annotations
 from urllib.parse import parse_qs, urlparse
 
 
+def _unanswered(error: BaseException) -> bool:
+    """The server closed the connection before any byte of an answer (http.client's RemoteDisconnected)."""
+    from http.client import RemoteDisconnected
+
+    seen, todo = set(), [error]
+    while todo:
+        found = todo.pop()
+        if found is None or id(found) in seen:
+            continue
+        seen.add(id(found))
+        if isinstance(found, RemoteDisconnected):
+            return True
+        todo += [found.__cause__, found.__context__]
+        todo += [arg for arg in getattr(found, "args", ()) if isinstance(arg, BaseException)]
+    return False
+
+
 def session(ca_bundle: str):
-    """A requests session that verifies the edge against the stack's CA (and ignores REQUESTS_CA_BUNDLE)."""
+    """A requests session that verifies the edge against the stack's CA (and ignores REQUESTS_CA_BUNDLE).
+
+    Like a browser, it sends a request again once, on a new connection, when the connection closed before any
+    answer began: nginx closes its idle kept-alive connections when it reloads (each change of the edge), and
+    a request sent on one in that instant meets a closed socket. Nothing else is sent again: an answer that
+    began (a 502 too), a refused connection, a timeout."""
     import requests
+
+    class ResendUnanswered(requests.adapters.HTTPAdapter):
+        def send(self, request, *args, **kwargs):
+            try:
+                return super().send(request, *args, **kwargs)
+            except requests.ConnectionError as error:
+                if not _unanswered(error):
+                    raise
+                return super().send(request, *args, **kwargs)
 
     s = requests.Session()
     s.verify = ca_bundle
     s.trust_env = False
+    for scheme in ("https://", "http://"):
+        s.mount(scheme, ResendUnanswered())
     return s
 
 
