@@ -159,11 +159,11 @@ def tiny_model(progress, cache_dir: Path) -> tuple[Path, str]:
     recipe = hashlib.sha256(Path(__file__).read_bytes() + json.dumps(MODEL_SHAPE).encode()).hexdigest()[:12]
     path = cache_dir / f"tiny-random-llama-{recipe}.gguf"
     if not path.is_file():
-        with progress.step("write the tiny random model (GGUF, Llama 3.2's tokenizer)"):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_suffix(".partial")
+        with (
+            progress.step("write the tiny random model (GGUF, Llama 3.2's tokenizer)"),
+            peers.written_whole(path) as partial,
+        ):
             write_model(module_dir(cache_dir), partial)
-            partial.rename(path)
     else:
         progress.log(f"tiny model {path.name} is cached")
     return path, hashlib.sha256(path.read_bytes()).hexdigest()

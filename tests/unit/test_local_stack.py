@@ -192,3 +192,21 @@ def test_summary_commands_need_only_the_repository_and_the_prerequisites():
 def test_summary_names_an_inventory_root_other_than_the_default(tmp_path):
     text = summary_of(inventory=str(tmp_path / "demo"), ssh_config=str(tmp_path / "demo" / "ssh_config"))
     assert f"local status --stack demo --inventory-root {tmp_path} --api-key" in text
+
+
+def test_a_cached_file_is_written_whole_by_each_of_two_writers_at_once(tmp_path):
+    """Two stacks started side by side save the same image tarball: each writes its own partial file, the
+    last one whole wins, a failed writer leaves nothing behind (seen: one stack's rename took the other's)."""
+    from llmcloud.local.peers import written_whole
+
+    target = tmp_path / "images" / "oauth2-proxy.tar"
+    with written_whole(target) as first, written_whole(target) as second:
+        assert first != second and first.parent == second.parent == target.parent
+        first.write_bytes(b"one")
+        second.write_bytes(b"two")
+    assert target.read_bytes() == b"one" and target.stat().st_mode & 0o777 == 0o644
+    with pytest.raises(RuntimeError), written_whole(target) as broken:
+        broken.write_bytes(b"half")
+        raise RuntimeError("the save broke off")
+    assert target.read_bytes() == b"one"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["oauth2-proxy.tar"]

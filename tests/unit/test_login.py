@@ -15,6 +15,25 @@ from llmcloud.local.login import session
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
 
 
+def _request(conn: socket.socket) -> bytes:
+    """One whole request: its head, then as many bytes of body as its Content-Length says."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += conn.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        (
+            int(line.split(b":")[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        ),
+        0,
+    )
+    while len(body) < length:
+        body += conn.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
 def _server(*answers: bytes):
     """One connection per answer on 127.0.0.1: reads a request, writes the answer (maybe nothing), closes.
     Returns the address and the list of requests it read."""
@@ -30,7 +49,7 @@ def _server(*answers: bytes):
                 except TimeoutError:
                     return
                 with conn:
-                    read.append(conn.recv(65536))
+                    read.append(_request(conn))
                     if answer:
                         conn.sendall(answer)
 

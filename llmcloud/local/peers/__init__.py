@@ -124,14 +124,28 @@ def cached_image(
     return ref, tarball
 
 
+@contextlib.contextmanager
+def written_whole(path: Path) -> Iterator[Path]:
+    """A partial file beside ``path``, of this writer alone, that becomes ``path`` when the block ends without
+    an error (removed otherwise): two stacks started side by side in one checkout may write the same cached
+    file at once, and a reader never sees half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    os.close(fd)
+    partial = Path(name)
+    try:
+        yield partial
+        partial.chmod(0o644)
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
 def save(client, ref: str, tarball: Path) -> Path:
     """Save an image for the hosts' preload path (role docker)."""
-    tarball.parent.mkdir(parents=True, exist_ok=True)
-    partial = tarball.with_suffix(".partial")
-    with open(partial, "wb") as fh:
+    with written_whole(tarball) as partial, open(partial, "wb") as fh:
         for chunk in client.images.get(ref).save(named=True):
             fh.write(chunk)
-    partial.rename(tarball)
     return tarball
 
 
