@@ -74,13 +74,16 @@ def role_profile(strategy: str, template_cache: bool = True) -> tuple[float, dic
     if run.returncode != 0 or "changed=0" not in run.stdout:
         sys.exit(f"no-op converge ({strategy}) failed or changed something:\n{run.stdout[-3000:]}")
     cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
+    user = cpu_after.ru_utime - cpu_before.ru_utime
+    kernel = cpu_after.ru_stime - cpu_before.ru_stime
+    cpu = user + kernel
     tasks = sum(
         int(m.group(1)) + int(m.group(2)) for m in re.finditer(r" ok=(\d+) .* skipped=(\d+)", run.stdout)
     )
     print(
         f"no-op over {strategy}{'' if template_cache else ' (no template cache)'}: {took:.1f}s wall, "
-        f"{cpu:.1f}s controller CPU, {tasks} task runs: "
+        f"{cpu:.1f}s controller CPU ({user:.1f}s user, {kernel:.1f}s kernel: forks and their page faults), "
+        f"{tasks} task runs: "
         f"{1000 * took / tasks:.0f} ms wall and {1000 * cpu / tasks:.0f} ms controller CPU per task and host",
         file=sys.stderr,
         flush=True,
