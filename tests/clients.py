@@ -9,20 +9,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
-
-def _unanswered(error: BaseException) -> bool:
-    """The connection closed before any byte of an answer came back (httpx: "Server disconnected without
-    sending a response"): what a kept-alive connection that the server closed as the request went out looks
-    like. nginx closes its idle kept-alive connections when it reloads (a pool change is one), and a request
-    sent in that instant meets a closed socket; browsers send such a request again on a new connection, once
-    (Chromium: a reused socket closed with no response), and so does this client. Nothing else is resent."""
-    import httpx2 as httpx  # the openai client's HTTP library
-
-    while error is not None:
-        if isinstance(error, httpx.RemoteProtocolError) and "without sending a response" in str(error):
-            return True
-        error = error.__cause__ or error.__context__
-    return False
+from llmcloud.local.login import unanswered
 
 
 def client_loop(endpoint: dict, model: str, stop: threading.Event, results: list, worker: int) -> None:
@@ -30,7 +17,7 @@ def client_loop(endpoint: dict, model: str, stop: threading.Event, results: list
     requests a second, below the rate limits. ``endpoint``: openai_base_url, api_key, ca_bundle.
 
     Every failure counts: an error status (a 502 too), a refused or reset connection, a stream cut short. The
-    one exception: a request no answer began for on a kept-alive connection (`_unanswered`), sent again once
+    one exception: a request no answer began for on a kept-alive connection (`unanswered`), sent again once
     as a browser does; failed if that fails too, and its result says it was sent again."""
     from openai import DefaultHttpxClient, OpenAI
 
@@ -54,7 +41,7 @@ def client_loop(endpoint: dict, model: str, stop: threading.Event, results: list
                 try:
                     once()
                 except Exception as error:
-                    if not _unanswered(error):
+                    if not unanswered(error):
                         raise
                     note = f"sent again after {error!r}"[:300]
                     once()

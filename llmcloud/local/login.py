@@ -8,9 +8,17 @@ from __future__ import annotations
 from urllib.parse import parse_qs, urlparse
 
 
-def _unanswered(error: BaseException) -> bool:
-    """The server closed the connection before any byte of an answer (http.client's RemoteDisconnected)."""
+def unanswered(error: BaseException) -> bool:
+    """The server closed the connection before any byte of an answer: what a kept-alive connection that the
+    server closed as the request went out looks like (nginx closes its idle ones when it reloads). Either
+    client library's words for it: http.client's RemoteDisconnected (requests) or httpx's "Server
+    disconnected without sending a response" (the openai client)."""
     from http.client import RemoteDisconnected
+
+    try:
+        from httpx2 import RemoteProtocolError as HttpxProtocolError
+    except ImportError:  # no openai client here: only requests' form can occur
+        HttpxProtocolError = ()
 
     seen, todo = set(), [error]
     while todo:
@@ -19,6 +27,8 @@ def _unanswered(error: BaseException) -> bool:
             continue
         seen.add(id(found))
         if isinstance(found, RemoteDisconnected):
+            return True
+        if isinstance(found, HttpxProtocolError) and "without sending a response" in str(found):
             return True
         todo += [found.__cause__, found.__context__]
         todo += [arg for arg in getattr(found, "args", ()) if isinstance(arg, BaseException)]
@@ -39,7 +49,7 @@ def session(ca_bundle: str):
             try:
                 return super().send(request, *args, **kwargs)
             except requests.ConnectionError as error:
-                if not _unanswered(error):
+                if not unanswered(error):
                     raise
                 return super().send(request, *args, **kwargs)
 

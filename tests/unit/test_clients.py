@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from tests.clients import _unanswered
+from llmcloud.local.login import unanswered
 
 
 def _server(answer: bytes):
@@ -37,7 +37,7 @@ def _ask(base_url: str) -> BaseException:
 
 
 def test_a_connection_closed_before_any_answer_is_sent_again():
-    assert _unanswered(_ask(_server(b"")))
+    assert unanswered(_ask(_server(b"")))
 
 
 @pytest.mark.parametrize(
@@ -49,10 +49,10 @@ def test_a_connection_closed_before_any_answer_is_sent_again():
     ids=["502", "cut-short"],
 )
 def test_an_answer_that_began_is_never_sent_again(answer):
-    assert not _unanswered(_ask(_server(answer)))
+    assert not unanswered(_ask(_server(answer)))
 
 
 def test_a_refused_connection_is_never_sent_again():
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
-    assert not _unanswered(_ask(f"http://127.0.0.1:{port}/v1"))
+    assert not unanswered(_ask(f"http://127.0.0.1:{port}/v1"))
