@@ -4,8 +4,18 @@ ansible.cfg selects it (``strategy = mitogen_linear``). Plain SSH runs every tas
 Python and the module's zip: about 0.45 s per task here, so a converge of ~170 mostly unchanged tasks spent
 two minutes saying "ok". Over Mitogen a task takes about 0.1 s. Semantics are those of ``linear``.
 
-Every task of every host runs in a worker process forked from this one, and whatever a worker loads or
-compiles dies with it. Two things here keep that work from being done again in each worker:
+ansible-core forks a worker process for every task and host; on a no-op converge that fork (its page faults,
+a Mitogen broker thread and a connection to the multiplexer made for one task, the result pickled back) cost
+as much as the task itself, and most of what differs between machines (the kernel's part). Here a task runs in
+a thread of this process instead (``TaskThread``), through ansible-core's own worker slots, TaskExecutor and
+results queue, on its own copy of the task, with one Mitogen connection shared by every thread of a play
+(``SharedBindings``). Results are taken in only while no task thread runs, so a task reads the play's
+variables as a forked worker read its copy. A task with a ``timeout`` (SIGALRM reaches only a main thread),
+an ``async`` task and the actions that prompt or wait for a host to come back still fork a worker.
+``LLMCLOUD_TASK_THREADS=off`` forks a worker for every task, as ansible-core's own strategies do.
+
+Whatever a forked worker loads or compiles dies with it. Two things here keep that work from being done again
+in each worker (and in each task thread):
 
 - Before the first task this process loads, once, what nearly every worker loaded for itself: the filter and
   test plugins (ours in roles/*/filter_plugins included), the action plugins, the module result decoder, and
@@ -20,8 +30,9 @@ One more thing is done once here instead of before every task: ansible-core read
 of one host. ``cache_vars_files`` keeps each file's parsed content for as long as the file is unchanged.
 
 None of it changes what a task does. A failure to warm is ignored (workers then load what they need, as
-before); ``LLMCLOUD_TEMPLATE_CACHE=off`` turns the cache off. The `mitogen` package is pinned in
-requirements.txt. To go back to plain SSH for a run: ``ANSIBLE_STRATEGY=linear ansible-playbook ...``.
+before); ``LLMCLOUD_TEMPLATE_CACHE=off`` turns the cache off, ``LLMCLOUD_TASK_THREADS=off`` the threads. The
+`mitogen` package is pinned in requirements.txt. To go back to plain SSH and forked workers for a run:
+``ANSIBLE_STRATEGY=linear ansible-playbook ...``.
 """
 
 from __future__ import annotations
@@ -36,20 +47,35 @@ import shutil
 import stat
 import sys
 import tempfile
+import threading
+import traceback
 from pathlib import Path
 
+import ansible.plugins.strategy
 import ansible.plugins.strategy.linear
 import ansible_mitogen.planner
+import ansible_mitogen.process
 import ansible_mitogen.strategy
 import jinja2
+import mitogen.fork
+import mitogen.unix
 from ansible.collections.list import list_collection_dirs
+from ansible.errors import AnsibleError
+from ansible.executor.process.worker import WorkerProcess
+from ansible.executor.task_executor import TaskExecutor
+from ansible.executor.task_result import _RawTaskResult
 from ansible.module_utils.ansible_release import __version__ as ansible_version
 from ansible.parsing.dataloader import DataLoader
 from ansible.plugins.loader import action_loader, filter_loader, test_loader
 from ansible.utils.display import Display
+from ansible.utils.fqcn import add_internal_fqcns
 from jinja2 import nodes
 from jinja2.exceptions import TemplateSyntaxError
 
+try:  # private to ansible-core (2.19); without it every task forks a worker, as in ansible-core's strategies
+    from ansible._internal import _task
+except ImportError:
+    _task = None
 try:  # private to ansible-core and Jinja: without them (other versions) templates compile as before, uncached
     from ansible._internal._templating import _jinja_bits
     from jinja2.utils import _PassArg
@@ -319,7 +345,178 @@ def _try(step) -> None:
         display.vvv(f"mitogen_linear: {step.__name__} skipped ({error!r})")
 
 
+# Tasks run in a thread of this process instead of a forked worker process, except these: a task with its own
+# time limit (ansible-core enforces it with SIGALRM, which only a process's main thread receives), an
+# asynchronous task, and the actions that prompt or wait for a host to come back.
+_FORKED_ACTIONS = frozenset(add_internal_fqcns(("pause", "reboot", "wait_for_connection")))
+
+
+def threads_wanted() -> bool:
+    """LLMCLOUD_TASK_THREADS=off: every task forks a worker process, as in ansible-core's own strategies."""
+    setting = os.environ.get("LLMCLOUD_TASK_THREADS", "on").lower()
+    return _task is not None and setting not in {"off", "0", "no", "false"}
+
+
+def runs_in_thread(task) -> bool:
+    """Whether `task` may run in a thread: not one that needs a process of its own (see _FORKED_ACTIONS)."""
+    return not (task.timeout or task.async_val or task.action in _FORKED_ACTIONS)
+
+
+class TaskThread(threading.Thread):
+    """One task for one host, run in this process where ansible-core forks a WorkerProcess: the strategy's
+    worker slots, throttling, callbacks and results queue stay ansible-core's own, and a result travels the
+    same way (TaskExecutor, then the results queue).
+
+    A worker process changes its copy of the task as it runs it (the task's and its blocks' attributes are
+    templated in place with this host's variables): a thread gets a copy of its own, its parents included.
+    Its Mitogen connection goes through this process's shared bindings (SharedBindings)."""
+
+    def __init__(
+        self,
+        *,
+        final_q,
+        task_vars,
+        host,
+        task,
+        play_context,
+        loader,
+        variable_manager,
+        shared_loader_obj,
+        worker_id,
+        cliargs=None,
+    ):
+        super().__init__(name=f"llmcloud-task-{worker_id}", daemon=True)
+        self._final_q = final_q
+        self._task_vars = task_vars
+        self._host = host
+        self._task = task.copy(exclude_tasks=True)
+        self._play_context = play_context
+        self._loader = loader
+        self._variable_manager = variable_manager
+        self._shared_loader_obj = shared_loader_obj
+        self.worker_id = worker_id
+        self.exitcode = None  # as a process's: None while it runs, 0 once it sent its result, 1 if it crashed
+
+    def run(self) -> None:
+        try:
+            with _task.TaskContext(self._task):
+                result = TaskExecutor(
+                    self._host,
+                    self._task,
+                    self._task_vars,
+                    self._play_context,
+                    self._loader,
+                    self._shared_loader_obj,
+                    self._final_q,
+                    self._variable_manager,
+                ).run()
+            self._final_q.send_task_result(
+                _RawTaskResult(
+                    host=self._host,
+                    task=self._task,
+                    return_data=result,
+                    task_fields=self._task.dump_attrs(),
+                )
+            )
+        except BaseException:  # as a crashed worker: the strategy stops ("a worker ... in a dead state")
+            display.error(f"{self._task} on {self._host} crashed its thread:\n{traceback.format_exc()}")
+            self.exitcode = 1
+        else:
+            self.exitcode = 0
+
+    def close(self) -> None:  # what the strategy and the task queue manager ask of a worker process
+        pass
+
+    def terminate(
+        self,
+    ) -> None:  # a thread is not stopped from outside; a daemon thread ends with the process
+        pass
+
+
+def _make_worker(**kwargs):
+    """WorkerProcess as ansible-core's _queue_task calls it: a thread for each task that may run in one."""
+    if runs_in_thread(kwargs["task"]):
+        return TaskThread(**kwargs)
+    return WorkerProcess(**kwargs)
+
+
+class SharedBindings(ansible_mitogen.process.WorkerModel):
+    """Mitogen's worker model for tasks run in threads: one broker and one connection to Mitogen's connection
+    multiplexer for the whole play, shared by every task thread, where a forked worker made a broker (a
+    thread) and a connection for its one task. A forked worker uses Mitogen's classic model, as before.
+
+    A process holds one Mitogen context id, which the multiplexer it connects to assigns: every host's
+    connection goes through the first multiplexer (forked workers' too, so a host keeps one connection)."""
+
+    def __init__(self, classic) -> None:
+        self._classic = classic
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._broker = None
+        self._parent = None
+        classic._listener_for_name = lambda _name: classic._muxes[0].path
+
+    def _forked(self) -> bool:
+        return os.getpid() != self._pid
+
+    def on_strategy_start(self) -> None:
+        # In the main thread, which must own the broker: Mitogen shuts a broker down when its thread ends.
+        self._classic.on_strategy_start()
+        with self._lock:
+            if self._broker is None:
+                self._broker = ansible_mitogen.process.Broker()
+
+    def on_strategy_complete(self) -> None:
+        self._classic.on_strategy_complete()
+        with self._lock:
+            if self._broker is not None and not self._forked():
+                self._broker.shutdown()
+                self._broker.join()
+                self._broker = self._parent = None
+                mitogen.fork.on_fork()  # as Mitogen does: no latch of this broker is handed to a later fork
+
+    def get_binding(self, inventory_name):
+        if self._forked():
+            return self._classic.get_binding(inventory_name)
+        with self._lock:
+            if self._parent is None:
+                path = self._classic._muxes[0].path
+                try:
+                    router, self._parent = mitogen.unix.connect(path=path, broker=self._broker)
+                except mitogen.unix.ConnectError as error:
+                    raise AnsibleError(ansible_mitogen.process.shutting_down_msg % (error,)) from error
+                router.max_message_size = ansible_mitogen.process.MAX_MESSAGE_SIZE
+            return _SharedBinding(self._parent)
+
+
+class _SharedBinding(ansible_mitogen.process.Binding):
+    def __init__(self, parent) -> None:
+        self._parent = parent
+
+    def get_service_context(self):
+        return self._parent
+
+    def get_child_service_context(self):
+        return self._parent
+
+    def close(self) -> None:  # the connection stays for the play's next tasks
+        pass
+
+
+def _forked_worker_run(original):
+    """A worker forked while this process holds a Mitogen broker first forgets that broker's latches."""
+
+    def run(self):
+        mitogen.fork.on_fork()
+        return original(self)
+
+    return run
+
+
 _prepared = False
+
+
+_shared_bindings: SharedBindings | None = None
 
 
 class StrategyModule(ansible_mitogen.strategy.StrategyMixin, ansible.plugins.strategy.linear.StrategyModule):
@@ -329,8 +526,35 @@ class StrategyModule(ansible_mitogen.strategy.StrategyMixin, ansible.plugins.str
             _prepared = True
             for step in (_warm_modules, _cache_templates, cache_vars_files):
                 _try(step)
+            if threads_wanted():
+                os.environ.setdefault("MITOGEN_CPU_COUNT", "1")  # one multiplexer: see SharedBindings
+                WorkerProcess._run = _forked_worker_run(WorkerProcess._run)
         return super().run(iterator, play_context)
+
+    def _get_worker_model(self):
+        global _shared_bindings
+        classic = super()._get_worker_model()
+        if not threads_wanted():
+            return classic
+        if _shared_bindings is None:
+            _shared_bindings = SharedBindings(classic)
+        return _shared_bindings
+
+    def _process_pending_results(self, iterator, one_pass=False, max_passes=None):
+        """Results are taken in (facts and registered variables set, hosts added) only while no task runs in
+        a thread: a task thread reads the play's variables as it runs, as a forked worker read its copy, and
+        nothing changes them under it. The strategy's wait for a step's results waits for that."""
+        if any(isinstance(worker, TaskThread) and worker.is_alive() for worker in self._workers):
+            return []
+        return super()._process_pending_results(iterator, one_pass, max_passes)
 
     def _queue_task(self, host, task, task_vars, play_context):
         _try(_warm_plugins)
-        return super()._queue_task(host, task, task_vars, play_context)
+        if not threads_wanted():
+            return super()._queue_task(host, task, task_vars, play_context)
+        # ansible-core's own _queue_task, with a thread where it would fork a worker process
+        ansible.plugins.strategy.WorkerProcess = _make_worker
+        try:
+            return super()._queue_task(host, task, task_vars, play_context)
+        finally:
+            ansible.plugins.strategy.WorkerProcess = WorkerProcess
