@@ -28,11 +28,15 @@ SPLIT = [
 ]
 
 
-def timed(label: str, *make_args: str) -> tuple[str, float]:
+def timed(label: str, *make_args: str, env: dict[str, str] | None = None) -> tuple[str, float]:
     print(f"… {label}", file=sys.stderr, flush=True)
     began = time.monotonic()
     run = subprocess.run(
-        ["make", "--no-print-directory", *make_args], cwd=ROOT, capture_output=True, text=True
+        ["make", "--no-print-directory", *make_args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
     )
     took = time.monotonic() - began
     if run.returncode != 0:
@@ -51,14 +55,18 @@ def yardstick() -> float:
     return best
 
 
-def role_profile(strategy: str, template_cache: bool = True) -> tuple[float, dict[str, float]]:
+def role_profile(
+    strategy: str, template_cache: bool = True, threads: bool = True
+) -> tuple[float, dict[str, float]]:
     """A no-op `ansible-playbook site.yml` on the bench stack: wall time and seconds per role; prints the
     controller's CPU and the cost per task and host. template_cache=False: without the strategy plugin's cache
-    of compiled templates (plugins/strategy/mitogen_linear.py)."""
+    of compiled templates; threads=False: a forked worker per task and host instead of a thread
+    (plugins/strategy/mitogen_linear.py)."""
     env = {
         **os.environ,
         "ANSIBLE_STRATEGY": strategy,
         "LLMCLOUD_TEMPLATE_CACHE": "on" if template_cache else "off",
+        "LLMCLOUD_TASK_THREADS": "on" if threads else "off",
         "ANSIBLE_CALLBACKS_ENABLED": "ansible.posix.profile_roles",
     }
     cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -81,7 +89,8 @@ def role_profile(strategy: str, template_cache: bool = True) -> tuple[float, dic
         int(m.group(1)) + int(m.group(2)) for m in re.finditer(r" ok=(\d+) .* skipped=(\d+)", run.stdout)
     )
     print(
-        f"no-op over {strategy}{'' if template_cache else ' (no template cache)'}: {took:.1f}s wall, "
+        f"no-op over {strategy}{'' if template_cache else ' (no template cache)'}"
+        f"{'' if threads or strategy != 'mitogen_linear' else ' (forked workers)'}: {took:.1f}s wall, "
         f"{cpu:.1f}s controller CPU ({user:.1f}s user, {kernel:.1f}s kernel: forks and their page faults), "
         f"{tasks} task runs: "
         f"{1000 * took / tasks:.0f} ms wall and {1000 * cpu / tasks:.0f} ms controller CPU per task and host",
@@ -117,12 +126,14 @@ def main() -> None:
         ),
         timed("make local again (hosts up: re-converge)", "local", *STACK),
         timed("make converge (no-op)", "converge", *STACK),
+        timed("  the same, forked workers", "converge", *STACK, env={"LLMCLOUD_TASK_THREADS": "off"}),
         timed("make verify", "verify", *STACK),
     ]
-    # Where a no-op converge spends its time: over Mitogen (ansible.cfg), with and without the compiled
-    # templates' cache, and over plain SSH.
+    # Where a no-op converge spends its time: over Mitogen (ansible.cfg), with forked workers instead of task
+    # threads, without the compiled templates' cache, and over plain SSH (forked workers too).
     profiles = {
         "Mitogen": role_profile("mitogen_linear"),
+        "forked": role_profile("mitogen_linear", threads=False),
         "no cache": role_profile("mitogen_linear", template_cache=False),
         "plain SSH": role_profile("linear"),
     }
@@ -133,6 +144,14 @@ def main() -> None:
     subprocess.run(["make", "--no-print-directory", "down", *SPLIT], cwd=ROOT, capture_output=True)
     rows.append(timed("make local, split with 2 engines", "local", *SPLIT))
     rows.append(timed("make converge, split with 2 engines (no-op)", "converge", *SPLIT))
+    rows.append(
+        timed(
+            "  the same, forked workers (no task threads)",
+            "converge",
+            *SPLIT,
+            env={"LLMCLOUD_TASK_THREADS": "off"},
+        )
+    )
     subprocess.run(["make", "--no-print-directory", "down", *SPLIT], cwd=ROOT, capture_output=True)
     if args.with_test:
         rows.append(timed("make test", "test"))

@@ -66,7 +66,7 @@ from ansible.executor.task_executor import TaskExecutor
 from ansible.executor.task_result import _RawTaskResult
 from ansible.module_utils.ansible_release import __version__ as ansible_version
 from ansible.parsing.dataloader import DataLoader
-from ansible.plugins.loader import action_loader, filter_loader, test_loader
+from ansible.plugins.loader import PluginLoader, action_loader, filter_loader, test_loader
 from ansible.utils.display import Display
 from ansible.utils.fqcn import add_internal_fqcns
 from jinja2 import nodes
@@ -395,6 +395,7 @@ class TaskThread(threading.Thread):
         self._variable_manager = variable_manager
         self._shared_loader_obj = shared_loader_obj
         self.worker_id = worker_id
+        self.pid = None  # no process of its own: the task queue manager's signal handler passes it over
         self.exitcode = None  # as a process's: None while it runs, 0 once it sent its result, 1 if it crashed
 
     def run(self) -> None:
@@ -431,6 +432,23 @@ class TaskThread(threading.Thread):
         self,
     ) -> None:  # a thread is not stopped from outside; a daemon thread ends with the process
         pass
+
+
+_plugin_loads = threading.RLock()
+
+
+def serialize_plugin_loads() -> None:
+    """Load one plugin's module at a time. ansible-core puts a plugin's module in sys.modules before running
+    its code and hands that module to whoever asks for the same plugin meanwhile: in a forked worker nobody
+    else asks, but a second task thread then got a module without its classes yet ("module
+    'ansible.plugins.connection.mitogen_local' has no attribute 'Connection'")."""
+    original = PluginLoader._load_module_source
+
+    def _load_module_source(self, *, python_module_name, path):
+        with _plugin_loads:
+            return original(self, python_module_name=python_module_name, path=path)
+
+    PluginLoader._load_module_source = _load_module_source
 
 
 def _make_worker(**kwargs):
@@ -529,6 +547,7 @@ class StrategyModule(ansible_mitogen.strategy.StrategyMixin, ansible.plugins.str
             if threads_wanted():
                 os.environ.setdefault("MITOGEN_CPU_COUNT", "1")  # one multiplexer: see SharedBindings
                 WorkerProcess._run = _forked_worker_run(WorkerProcess._run)
+                serialize_plugin_loads()
         return super().run(iterator, play_context)
 
     def _get_worker_model(self):

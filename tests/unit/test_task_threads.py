@@ -5,24 +5,31 @@ connection."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
+from ansible.plugins.loader import PluginLoader
 
 from llmcloud import REPO_ROOT
 
 PLAYBOOK_BIN = Path(sys.executable).with_name("ansible-playbook")
+PLUGIN = REPO_ROOT / "plugins" / "strategy" / "mitogen_linear.py"
 
+# Each host has a Python of its own (a link to this one): Mitogen makes one local context per interpreter, and
+# one context runs one call at a time, so hosts sharing one would take turns whatever the strategy does.
 INVENTORY = """
 all:
   vars:
     ansible_connection: local
-    ansible_python_interpreter: "{{ ansible_playbook_python }}"
+    ansible_python_interpreter: "{{ playbook_dir }}/python-{{ inventory_hostname }}"
   hosts:
     a: {tolerant: true, size: 1}
     b: {tolerant: false, size: 2}
@@ -87,11 +94,16 @@ INCLUDED = """
 VOLATILE = {"start", "end", "delta", "duration", "id"}
 
 
-def playbook(tmp_path: Path, play: str, threads: bool, extra_env: dict | None = None):
+def prepare(tmp_path: Path, play: str, threads: bool, extra_env: dict | None = None) -> dict[str, str]:
+    """Write the play, its inventory and included file and the hosts' Pythons; return the environment."""
     (tmp_path / "inventory.yml").write_text(INVENTORY)
     (tmp_path / "play.yml").write_text(play)
     (tmp_path / "included.yml").write_text(INCLUDED)
-    env = {
+    for host in "abc":
+        python = tmp_path / f"python-{host}"
+        if not python.exists():
+            python.symlink_to(os.path.realpath(sys.executable))
+    return {
         **os.environ,
         "LLMCLOUD_TASK_THREADS": "on" if threads else "off",
         "ANSIBLE_CONFIG": str(REPO_ROOT / "ansible.cfg"),
@@ -99,6 +111,10 @@ def playbook(tmp_path: Path, play: str, threads: bool, extra_env: dict | None = 
         "ANSIBLE_DEPRECATION_WARNINGS": "false",
         **(extra_env or {}),
     }
+
+
+def playbook(tmp_path: Path, play: str, threads: bool, extra_env: dict | None = None):
+    env = prepare(tmp_path, play, threads, extra_env)
     began = time.monotonic()
     run = subprocess.run(
         [str(PLAYBOOK_BIN), "-i", "inventory.yml", "play.yml"],
@@ -185,3 +201,64 @@ def test_a_task_keeps_its_time_limit(tmp_path):
     assert run.returncode == 2
     assert "Timed out after 1 second" in run.stdout, run.stdout[-3000:]
     assert took < 25
+
+
+INTERRUPTED = """
+- hosts: all
+  gather_facts: false
+  tasks:
+    - name: Runs until interrupted
+      ansible.builtin.shell: "touch {{ playbook_dir }}/started-{{ inventory_hostname }} && sleep 30"
+"""
+
+
+def test_ctrl_c_stops_a_run_as_with_forked_workers(tmp_path):
+    env = prepare(tmp_path, INTERRUPTED, threads=True)
+    with subprocess.Popen(
+        [str(PLAYBOOK_BIN), "-i", "inventory.yml", "play.yml"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    ) as run:
+        deadline = time.monotonic() + 60
+        while len(list(tmp_path.glob("started-*"))) < 3 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(list(tmp_path.glob("started-*"))) == 3  # every host's task runs at once, as with workers
+        run.send_signal(signal.SIGINT)  # what Ctrl-C sends the controller
+        began = time.monotonic()
+        output, _ = run.communicate(timeout=30)
+    assert run.returncode == 99, output[-3000:]  # ansible-playbook's "interrupted", not a crash
+    assert "User interrupted execution" in output and "Traceback" not in output
+    assert time.monotonic() - began < 15
+
+
+def test_a_plugin_loaded_by_two_threads_at_once_is_whole_for_both(tmp_path, monkeypatch):
+    """ansible-core shows a plugin's module in sys.modules while its code still runs: a second thread asking
+    for it meanwhile must wait for the whole module (a task thread once got a connection plugin without its
+    Connection class)."""
+    spec = importlib.util.spec_from_file_location("llmcloud_mitogen_linear_loads", PLUGIN)
+    strategy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(strategy)
+    monkeypatch.setattr(PluginLoader, "_load_module_source", PluginLoader._load_module_source)
+    strategy.serialize_plugin_loads()
+    slow = tmp_path / "slow_plugin.py"
+    slow.write_text("import time\ntime.sleep(0.5)\nConnection = 'loaded'\n")
+    name = "ansible.plugins.connection.llmcloud_test_slow"
+    monkeypatch.delitem(sys.modules, name, raising=False)
+    loader = PluginLoader("Connection", "ansible.plugins.connection", "connection_plugins", "connection")
+    found = []
+
+    def load():
+        module = loader._load_module_source(python_module_name=name, path=str(slow))
+        found.append(getattr(module, "Connection", None))
+
+    threads = [threading.Thread(target=load) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.05)
+    for thread in threads:
+        thread.join()
+    assert found == ["loaded"] * 3
+    del sys.modules[name]
