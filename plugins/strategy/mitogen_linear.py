@@ -74,8 +74,9 @@ from jinja2.exceptions import TemplateSyntaxError
 
 try:  # private to ansible-core (2.19); without it every task forks a worker, as in ansible-core's strategies
     from ansible._internal import _task
+    from ansible._internal._errors import _error_utils
 except ImportError:
-    _task = None
+    _task = _error_utils = None
 try:  # private to ansible-core and Jinja: without them (other versions) templates compile as before, uncached
     from ansible._internal._templating import _jinja_bits
     from jinja2.utils import _PassArg
@@ -362,6 +363,10 @@ def runs_in_thread(task) -> bool:
     return not (task.timeout or task.async_val or task.action in _FORKED_ACTIONS)
 
 
+class _ResultsClosed(Exception):
+    """The results queue is closed: the run is over."""
+
+
 class TaskThread(threading.Thread):
     """One task for one host, run in this process where ansible-core forks a WorkerProcess: the strategy's
     worker slots, throttling, callbacks and results queue stay ansible-core's own, and a result travels the
@@ -411,19 +416,30 @@ class TaskThread(threading.Thread):
                     self._final_q,
                     self._variable_manager,
                 ).run()
-            self._final_q.send_task_result(
-                _RawTaskResult(
-                    host=self._host,
-                    task=self._task,
-                    return_data=result,
-                    task_fields=self._task.dump_attrs(),
-                )
-            )
+            self._send(result, self._task.dump_attrs())
+        except _ResultsClosed:  # the run ended (Ctrl-C) before this task did: nobody reads its result
+            self.exitcode = 1
         except BaseException:  # as a crashed worker: the strategy stops ("a worker ... in a dead state")
             display.error(f"{self._task} on {self._host} crashed its thread:\n{traceback.format_exc()}")
             self.exitcode = 1
         else:
             self.exitcode = 0
+
+    def _send(self, result: dict, task_fields: dict) -> None:
+        """Send the result as a worker process does; one that cannot be sent is sent as the task's failure."""
+        try:
+            self._final_q.send_task_result(
+                _RawTaskResult(host=self._host, task=self._task, return_data=result, task_fields=task_fields)
+            )
+        except (OSError, ValueError) as error:  # what a closed queue raises
+            raise _ResultsClosed from error
+        except Exception as error:
+            if not task_fields:
+                raise
+            try:
+                raise AnsibleError("Task result omitted due to queue send failure.") from error
+            except AnsibleError as failure:
+                self._send(_error_utils.result_dict_from_exception(failure), {})
 
     def close(self) -> None:  # what the strategy and the task queue manager ask of a worker process
         pass
