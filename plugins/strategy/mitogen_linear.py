@@ -441,12 +441,12 @@ class TaskThread(threading.Thread):
             except AnsibleError as failure:
                 self._send(_error_utils.result_dict_from_exception(failure), {})
 
-    def close(self) -> None:  # what the strategy and the task queue manager ask of a worker process
+    # What the strategy and the task queue manager ask of a worker process: a thread is not closed or stopped
+    # from outside (a daemon thread ends with the process).
+    def close(self) -> None:
         pass
 
-    def terminate(
-        self,
-    ) -> None:  # a thread is not stopped from outside; a daemon thread ends with the process
+    def terminate(self) -> None:
         pass
 
 
