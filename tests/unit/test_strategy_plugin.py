@@ -3,7 +3,6 @@ run reads the code a worker before it compiled; what it renders must be what Ans
 
 from __future__ import annotations
 
-import importlib.util
 import marshal
 import os
 import stat
@@ -12,18 +11,6 @@ import pytest
 from ansible._internal._templating._jinja_bits import AnsibleEnvironment
 from ansible.parsing.dataloader import DataLoader
 from ansible.template import Templar, trust_as_template
-
-from llmcloud import REPO_ROOT
-
-PLUGIN = REPO_ROOT / "plugins" / "strategy" / "mitogen_linear.py"
-
-
-@pytest.fixture(scope="module")
-def strategy():
-    spec = importlib.util.spec_from_file_location("llmcloud_mitogen_linear", PLUGIN)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture

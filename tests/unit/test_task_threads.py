@@ -5,7 +5,6 @@ connection."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -21,7 +20,7 @@ from ansible.plugins.loader import PluginLoader
 from llmcloud import REPO_ROOT
 
 PLAYBOOK_BIN = Path(sys.executable).with_name("ansible-playbook")
-PLUGIN = REPO_ROOT / "plugins" / "strategy" / "mitogen_linear.py"
+COMMAND = [str(PLAYBOOK_BIN), "-i", "inventory.yml", "play.yml"]
 
 # Each host has a Python of its own (a link to this one): Mitogen makes one local context per interpreter, and
 # one context runs one call at a time, so hosts sharing one would take turns whatever the strategy does.
@@ -117,7 +116,7 @@ def playbook(tmp_path: Path, play: str, threads: bool, extra_env: dict | None = 
     env = prepare(tmp_path, play, threads, extra_env)
     began = time.monotonic()
     run = subprocess.run(
-        [str(PLAYBOOK_BIN), "-i", "inventory.yml", "play.yml"],
+        COMMAND,
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -215,7 +214,7 @@ INTERRUPTED = """
 def test_ctrl_c_stops_a_run_as_with_forked_workers(tmp_path):
     env = prepare(tmp_path, INTERRUPTED, threads=True)
     with subprocess.Popen(
-        [str(PLAYBOOK_BIN), "-i", "inventory.yml", "play.yml"],
+        COMMAND,
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,
@@ -234,13 +233,10 @@ def test_ctrl_c_stops_a_run_as_with_forked_workers(tmp_path):
     assert time.monotonic() - began < 15
 
 
-def test_a_plugin_loaded_by_two_threads_at_once_is_whole_for_both(tmp_path, monkeypatch):
+def test_a_plugin_loaded_by_two_threads_at_once_is_whole_for_both(strategy, tmp_path, monkeypatch):
     """ansible-core shows a plugin's module in sys.modules while its code still runs: a second thread asking
     for it meanwhile must wait for the whole module (a task thread once got a connection plugin without its
     Connection class)."""
-    spec = importlib.util.spec_from_file_location("llmcloud_mitogen_linear_loads", PLUGIN)
-    strategy = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(strategy)
     monkeypatch.setattr(PluginLoader, "_load_module_source", PluginLoader._load_module_source)
     strategy.serialize_plugin_loads()
     slow = tmp_path / "slow_plugin.py"
