@@ -31,7 +31,7 @@ STATE = "/srv/llmcloud/adapters/bench-state"
 
 
 def run(container, script: str) -> str:
-    code, out = container.exec_run(["bash", "-c", script])
+    code, out = system.run_in(container, ["bash", "-c", script])
     text = out.decode(errors="replace")
     if code != 0:
         raise SystemExit(f"failed ({code}): {script}\n{text[-2000:]}")

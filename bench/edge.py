@@ -60,7 +60,7 @@ class Host:
         self.container = system.docker_client().containers.get(stack.container_name("llm1"))
 
     def sh(self, *argv: str) -> str:
-        code, out = self.container.exec_run(list(argv))
+        code, out = system.run_in(self.container, list(argv))
         text = out.decode(errors="replace")
         if code != 0:
             raise RuntimeError(f"{' '.join(argv[:3])}… failed ({code}): {text[-2000:]}")

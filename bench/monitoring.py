@@ -66,7 +66,7 @@ def usage(container, names: list[str], window: float = 30) -> dict[str, tuple[fl
     """{process: (RSS MiB, CPU % of one core over the window)}."""
 
     def sample() -> dict[str, tuple[int, int]]:
-        out = container.exec_run(["ps", "-eo", "comm:40,rss,times", "--no-headers"]).output.decode()
+        out = system.run_in(container, ["ps", "-eo", "comm:40,rss,times", "--no-headers"]).output.decode()
         found = {}
         for line in out.splitlines():
             comm, rss, cpu = line.split()

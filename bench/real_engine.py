@@ -110,8 +110,9 @@ def main() -> int:
             progress.log(f"{name}: {args.runs} streamed chats of {args.tokens} tokens")
             runs = []
             for _ in range(args.runs + 1):
-                code, out = host.exec_run(
-                    ["python3", "-c", CLIENT, url, credential, engine_ollama.MODEL_NAME, str(args.tokens)]
+                code, out = system.run_in(
+                    host,
+                    ["python3", "-c", CLIENT, url, credential, engine_ollama.MODEL_NAME, str(args.tokens)],
                 )
                 if code != 0:
                     print(out.decode()[-2000:])

@@ -10,7 +10,7 @@ import socket
 import subprocess
 from pathlib import Path
 
-from llmcloud.local.system import tar_of
+from llmcloud.local.system import run_in, tar_of
 
 JUMP_HOST_LABEL = "llmcloud.jumphost"
 JUMP_HOST_NETWORK = "dmz-int"
@@ -114,7 +114,7 @@ class ExternalSide:
                 continue
             if container.exec_run(["id", "-u", user]).exit_code != 0:
                 container.exec_run(["useradd", "--create-home", "--shell", "/bin/bash", user])
-            uid = int(container.exec_run(["id", "-u", user]).output.decode().strip())
+            uid = int(run_in(container, ["id", "-u", user]).output.decode().strip())
             files = {".ssh": (None, 0o700, uid), ".ssh/authorized_keys": (keys.encode(), 0o600, uid)}
             container.put_archive(f"/home/{user}", tar_of(files))
             self.jump_keys[user] = keys

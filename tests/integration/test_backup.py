@@ -60,7 +60,7 @@ def stack(tmp_path_factory):
 
 def sh(stack: LocalStack, host: str, script: str, check: bool = True) -> tuple[int, str]:
     container = system.docker_client().containers.get(stack.container_name(host))
-    code, out = container.exec_run(["bash", "-c", script])
+    code, out = system.run_in(container, ["bash", "-c", script])
     text = out.decode(errors="replace")
     if check:
         assert code == 0, f"{host}: {script}\n{text}"

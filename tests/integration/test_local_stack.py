@@ -144,8 +144,29 @@ def test_converge_restores_a_firewall_changed_by_hand(deployed):
     result = converge.converge(stack.inventory_dir, Progress("repair"), limit=host)
     assert result.ok, result.failures
     assert result.changed().get(host), "converge did not notice the changed firewall"
-    live = container.exec_run(["nft", "list", "chain", "inet", "llmcloud_filter", "input"]).output.decode()
+    live = system.run_in(
+        container, ["nft", "list", "chain", "inet", "llmcloud_filter", "input"]
+    ).output.decode()
     assert "47813" not in live
+
+
+def test_commands_run_in_a_host_return_their_whole_output_while_others_run(deployed):
+    """The tests read hosts' state through `system.run_in`; Docker's own exec lost a short command's output
+    now and then while other execs ran (an empty `readlink -f` failed CI)."""
+    stack, _ = deployed
+    if stack.topology != "single":
+        pytest.skip("one topology is enough")
+    host = system.docker_client().containers.get(stack.container_name(stack.hosts()[0][0]))
+    assert system.run_in(host, ["sh", "-c", "echo out; echo err >&2; exit 3"]) == (3, b"out\nerr\n")
+    assert system.run_in(host, ["id", "-un"], user="nobody") == (0, b"nobody\n")
+
+    def read(i: int) -> bytes:
+        return system.run_in(host, ["readlink", "-f", f"/etc/../etc/{i}"]).output
+
+    with ThreadPoolExecutor(8) as pool:
+        outputs = list(pool.map(read, range(96)))
+    assert outputs == [f"/etc/{i}\n".encode() for i in range(96)]
+    assert host.exec_run(["sh", "-c", "ls /tmp/.llmcloud-exec-*"]).exit_code != 0, "output files left behind"
 
 
 def test_testinfra_suite_passes(deployed):
@@ -247,7 +268,9 @@ def test_everything_back_after_a_host_restart_without_converge(deployed, record_
         record_property("chat_ui_recovery_after_host_restart_s", round(time.monotonic() - began, 2))
     record_property("engine_recovery_after_host_restart_s", round(took, 2))
     print(f"\n  host restart to engine serving: {took:.1f}s")
-    live = container.exec_run(["nft", "list", "chain", "inet", "llmcloud_filter", "input"]).output.decode()
+    live = system.run_in(
+        container, ["nft", "list", "chain", "inet", "llmcloud_filter", "input"]
+    ).output.decode()
     assert "policy drop;" in live, "the firewall did not come back after the restart"
 
 
@@ -1080,8 +1103,9 @@ def test_chat_ui_answers_no_other_origin_and_keeps_peoples_chats_from_the_admin(
     assert person.get(own + f"/api/v1/chats/?page=1&q={marker}", headers=token, timeout=30).status_code == 200
     edge = system.docker_client().containers.get(stack.container_name("llm1"))
     time.sleep(2)
-    found = edge.exec_run(
-        ["sh", "-c", f"journalctl -o cat --since -10min | grep -c {marker}; grep -rlF {marker} /var/log"]
+    found = system.run_in(
+        edge,
+        ["sh", "-c", f"journalctl -o cat --since -10min | grep -c {marker}; grep -rlF {marker} /var/log"],
     )
     assert found.output.decode().split() == ["0"], found.output.decode()
 
@@ -1116,11 +1140,13 @@ def test_access_log_keeps_no_prompt_and_no_full_address(deployed):
     assert reply.status_code == 200
     edge = next(name for name, groups in stack.hosts() if "edge" in groups)
     container = system.docker_client().containers.get(stack.container_name(edge))
-    log = container.exec_run(["sh", "-c", "cat /var/log/nginx/*.log"]).output.decode()
+    log = system.run_in(container, ["sh", "-c", "cat /var/log/nginx/*.log"]).output.decode()
     assert "/v1/chat/completions" in log
     assert secret not in log
     client_ip = (
-        container.exec_run(["sh", "-c", "ip route | awk '/default/ {print $3}'"]).output.decode().strip()
+        system.run_in(container, ["sh", "-c", "ip route | awk '/default/ {print $3}'"])
+        .output.decode()
+        .strip()
     )
     assert client_ip and client_ip not in log  # the gateway is the client seen here; only its /24 is logged
     assert ".".join(client_ip.split(".")[:3]) + ".0" in log
@@ -1378,7 +1404,7 @@ def test_alerts_fire_and_reach_a_webhook(deployed, record_property):
     host = system.docker_client().containers.get(stack.container_name(edge))
 
     def sh(command: str) -> str:
-        result = host.exec_run(["sh", "-c", command])
+        result = system.run_in(host, ["sh", "-c", command])
         assert result.exit_code == 0, (command, result.output.decode()[-1000:])
         return result.output.decode()
 
@@ -1524,8 +1550,8 @@ def test_acme_http01_certificate_from_pebble_and_renewal(deployed, tmp_path):
         while served().serial_number == issued.serial_number and time.monotonic() < deadline:
             time.sleep(0.5)
         assert served().serial_number != issued.serial_number, "nginx still serves the old certificate"
-        journal = edge.exec_run(
-            ["journalctl", "-t", "llmcloud-certbot", "--no-pager", "-o", "cat"]
+        journal = system.run_in(
+            edge, ["journalctl", "-t", "llmcloud-certbot", "--no-pager", "-o", "cat"]
         ).output.decode()
         assert "reloaded nginx for the renewed certificate" in journal
         # The timer's own unit runs renewals with the same trust; nothing is due, so it succeeds quietly.
@@ -1554,7 +1580,7 @@ def test_acme_http01_certificate_from_pebble_and_renewal(deployed, tmp_path):
 
     # Pebble is gone: a renewal fails loudly and the certificate in service stays.
     env = ["env", "REQUESTS_CA_BUNDLE=/etc/llmcloud/tls/acme-server-ca.pem"]
-    failed = edge.exec_run([*env, "certbot", "renew", "--force-renewal", "--no-random-sleep-on-renew"])
+    failed = system.run_in(edge, [*env, "certbot", "renew", "--force-renewal", "--no-random-sleep-on-renew"])
     assert failed.exit_code != 0
     assert "failed" in failed.output.decode().lower()
     assert served().serial_number == renewed.serial_number
@@ -1609,7 +1635,7 @@ def test_a_model_from_a_file_is_served_with_no_outbound_connection(deployed, tmp
         )
 
     def engine_args() -> list[str]:
-        return json.loads(host.exec_run(["docker", "inspect", "llm-engine"]).output)[0]["Args"]
+        return json.loads(system.run_in(host, ["docker", "inspect", "llm-engine"]).output)[0]["Args"]
 
     refused = {
         "does not exist on the controller": {
@@ -1655,7 +1681,7 @@ def test_a_model_from_a_file_is_served_with_no_outbound_connection(deployed, tmp
     assert loaded.exit_code == 0, loaded.output.decode()
 
     def new_connections_dropped() -> int:
-        listing = host.exec_run(["nft", "list", "table", "inet", "llmcloud_no_egress"]).output.decode()
+        listing = system.run_in(host, ["nft", "list", "table", "inet", "llmcloud_no_egress"]).output.decode()
         return sum(
             int(n) for n in re.findall(r"counter packets (\d+) bytes \d+ drop comment \"new_tcp\"", listing)
         )
@@ -1674,7 +1700,7 @@ def test_a_model_from_a_file_is_served_with_no_outbound_connection(deployed, tmp
         assert new_connections_dropped() >= 1
         args = engine_args()
         assert args[args.index("--model-id") + 1] == "/local-model" and "--served-model-name" in args
-        env = json.loads(host.exec_run(["docker", "inspect", "llm-engine"]).output)[0]["Config"]["Env"]
+        env = json.loads(system.run_in(host, ["docker", "inspect", "llm-engine"]).output)[0]["Config"]["Env"]
         assert "HF_HUB_OFFLINE=1" in env
         status = endpoint(stack)
         reply = session(status["ca_bundle"]).post(
@@ -1726,7 +1752,9 @@ def test_an_engine_change_rolls_through_the_engine_hosts_without_a_failed_reques
     engines = [name for name, groups in stack.hosts() if "llm" in groups]
     host = engines[0]
     container = system.docker_client().containers.get(stack.container_name(host))
-    args = container.exec_run(["docker", "inspect", "-f", "{{json .Args}}", "llm-engine"]).output.decode()
+    args = system.run_in(
+        container, ["docker", "inspect", "-f", "{{json .Args}}", "llm-engine"]
+    ).output.decode()
     assert str(tokens) in args, args  # the change was made
     summary = f"{took:.1f}s, {tally(results)}"
     if len(engines) > 1:
@@ -1765,8 +1793,8 @@ def test_a_new_engine_image_rolls_through_the_engine_hosts_without_a_failed_requ
     assert run.returncode == 0, run.stdout[-3000:]
     for name in engines:
         host = client.containers.get(stack.container_name(name))
-        running = host.exec_run(
-            ["docker", "inspect", "-f", "{{.Config.Image}}", "llm-engine"]
+        running = system.run_in(
+            host, ["docker", "inspect", "-f", "{{.Config.Image}}", "llm-engine"]
         ).output.decode()
         assert running.strip() == newer, (name, running)
     failed = [r for r in results if not r[1]]
@@ -1790,12 +1818,12 @@ def test_engine_hosts_waiting_for_a_reboot_are_rebooted_one_at_a_time_without_a_
     for name in engines:
         host = client.containers.get(stack.container_name(name))
         assert host.exec_run(["touch", "/run/reboot-required"]).exit_code == 0
-        booted[name] = host.exec_run(["ps", "-o", "lstart=", "-p", "1"]).output
+        booted[name] = system.run_in(host, ["ps", "-o", "lstart=", "-p", "1"]).output
     run, _, took, results = playbook_under_load(stack, "reboot.yml")
     assert run.returncode == 0, run.stdout[-3000:]
     for name in engines:
         host = client.containers.get(stack.container_name(name))
-        assert host.exec_run(["ps", "-o", "lstart=", "-p", "1"]).output != booted[name], (
+        assert system.run_in(host, ["ps", "-o", "lstart=", "-p", "1"]).output != booted[name], (
             f"{name} not rebooted"
         )
         assert host.exec_run(["test", "-e", "/run/reboot-required"]).exit_code != 0

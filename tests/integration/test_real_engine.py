@@ -65,7 +65,7 @@ def deployed(tmp_path_factory):
 
 def sh(stack: LocalStack, command: str) -> str:
     container = system.docker_client().containers.get(stack.container_name("llm1"))
-    code, out = container.exec_run(["sh", "-c", command])
+    code, out = system.run_in(container, ["sh", "-c", command])
     assert code == 0, out.decode(errors="replace")[-2000:]
     return out.decode()
 
@@ -251,7 +251,7 @@ def test_a_model_from_object_storage_by_a_presigned_url(deployed):
             "{'Content-Type': 'application/json'}); print(json.load(u.urlopen(r, timeout=60))['usage'])"
         )
         container = system.docker_client().containers.get(stack.container_name("llm1"))
-        answered = container.exec_run(["python3", "-c", code, json.dumps(body)])
+        answered = system.run_in(container, ["python3", "-c", code, json.dumps(body)])
         assert answered.exit_code == 0, answered.output.decode()[-1000:]
         assert "'completion_tokens': 3" in answered.output.decode()
     finally:
