@@ -547,10 +547,8 @@ def _forked_worker_run(original):
     return run
 
 
-_prepared = False
-
-
-_shared_bindings: SharedBindings | None = None
+_prepared = False  # the warm-up of StrategyModule.run is done (once per ansible-playbook)
+_shared_bindings: SharedBindings | None = None  # the task threads' worker model, made at the first play
 
 
 class StrategyModule(ansible_mitogen.strategy.StrategyMixin, ansible.plugins.strategy.linear.StrategyModule):
